@@ -1,0 +1,224 @@
+//! Runs the job: spawns it in its own session with piped output, streams the output to lab as
+//! it arrives, enforces the job's timeout on its process group, and reports how it ended.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lab_proto::message::MAX_OUTPUT_CHUNK;
+use lab_proto::{ExitStatus, GuestMessage, Job, Stream};
+
+use crate::channel::Channel;
+use crate::sys;
+
+/// The environment every job starts from; the job's own entries override it.
+pub const BASE_ENV: &[(&str, &str)] = &[
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/root"),
+    ("TERM", "dumb"),
+    ("TZ", "UTC"),
+    ("LANG", "C.UTF-8"),
+    ("USER", "root"),
+];
+
+/// How a job attempt ended from guest-init's point of view.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The job ran and ended; the Exit message was sent.
+    Finished(ExitStatus),
+    /// The job could not be started (not found, not executable): a job error, reported as
+    /// exit code 127 / 126 like a shell.
+    NotStarted(ExitStatus),
+}
+
+/// Runs `job`, streaming to `channel`.
+pub fn run(job: &Job, channel: &mut Channel) -> io::Result<Outcome> {
+    let started = Instant::now();
+    let mut cmd = Command::new(&job.argv[0]);
+    cmd.args(&job.argv[1..])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in BASE_ENV {
+        cmd.env(k, v);
+    }
+    for entry in &job.env {
+        match entry.split_once('=') {
+            Some((k, v)) => cmd.env(k, v),
+            None => cmd.env(entry, ""),
+        };
+    }
+    cmd.current_dir(if job.cwd.is_empty() { "/" } else { &job.cwd });
+    // SAFETY: the closure only calls setsid, which is async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(sys::setsid);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let code = if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            let line = format!("lab: cannot run {}: {e}\n", job.argv[0]);
+            channel.send(&GuestMessage::Output {
+                stream: Stream::Stderr,
+                data: line.into_bytes(),
+            })?;
+            let status = ExitStatus::Code(code);
+            channel.send(&GuestMessage::Exit {
+                status,
+                wall_us: 0,
+                user_us: 0,
+                sys_us: 0,
+                max_rss_kib: 0,
+            })?;
+            return Ok(Outcome::NotStarted(status));
+        }
+    };
+    let pid =
+        libc::pid_t::try_from(child.id()).map_err(|_| io::Error::other("pid out of range"))?;
+    let pidfd = sys::pidfd_open(pid)?;
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let deadline = (job.timeout_ms > 0).then(|| started + Duration::from_millis(job.timeout_ms));
+    let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
+    let mut exited = false;
+    let mut timed_out = false;
+
+    // Stream until the job has exited and both pipes are closed. After the job exits, pipes
+    // that stay open (a daemon it left behind) are drained only of what is already there.
+    loop {
+        let mut fds = Vec::with_capacity(3);
+        if let Some(s) = &stdout {
+            fds.push(libc::pollfd {
+                fd: s.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if let Some(s) = &stderr {
+            fds.push(libc::pollfd {
+                fd: s.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if fds.is_empty() && exited {
+            break;
+        }
+        if !exited {
+            fds.push(libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let timeout_ms: libc::c_int = if exited {
+            0
+        } else {
+            match deadline {
+                Some(d) => i32::try_from(d.saturating_duration_since(Instant::now()).as_millis())
+                    .unwrap_or(i32::MAX),
+                None => -1,
+            }
+        };
+        let nfds = libc::nfds_t::try_from(fds.len()).expect("at most three fds");
+        // SAFETY: `fds` is a valid array of `nfds` pollfd structs that outlives the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), nfds, timeout_ms) };
+        if ready < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if ready == 0 {
+            if exited {
+                break; // drained what was there; leftover writers are not ours to wait for
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) && !timed_out {
+                timed_out = true;
+                let line = format!(
+                    "lab: job timed out after {} ms; killing its process group\n",
+                    job.timeout_ms
+                );
+                channel.send(&GuestMessage::Output {
+                    stream: Stream::Stderr,
+                    data: line.into_bytes(),
+                })?;
+                sys::kill_group(pid, libc::SIGKILL);
+            }
+            continue;
+        }
+        for pfd in &fds {
+            if pfd.revents == 0 {
+                continue;
+            }
+            if pfd.fd == pidfd.as_raw_fd() {
+                exited = true;
+                continue;
+            }
+            let (slot, stream) = if stdout
+                .as_ref()
+                .is_some_and(|s| s.as_fd().as_raw_fd() == pfd.fd)
+            {
+                (&mut stdout as &mut dyn PipeSlot, Stream::Stdout)
+            } else {
+                (&mut stderr as &mut dyn PipeSlot, Stream::Stderr)
+            };
+            match slot.read_chunk(&mut buf) {
+                Ok(0) => slot.close(),
+                Ok(n) => channel.send(&GuestMessage::Output {
+                    stream,
+                    data: buf[..n].to_vec(),
+                })?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => slot.close(),
+            }
+        }
+    }
+    let reaped = sys::wait4(pid)?;
+    drop(child);
+    let std_status = std::process::ExitStatus::from_raw(reaped.status);
+    let status = match (std_status.code(), std_status.signal()) {
+        (Some(code), _) => ExitStatus::Code(code),
+        (None, Some(sig)) => ExitStatus::Signal(sig),
+        (None, None) => ExitStatus::Code(-1),
+    };
+    let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    channel.send(&GuestMessage::Exit {
+        status,
+        wall_us,
+        user_us: reaped.user_us,
+        sys_us: reaped.sys_us,
+        max_rss_kib: reaped.max_rss_kib,
+    })?;
+    sys::reap_orphans();
+    Ok(Outcome::Finished(status))
+}
+
+/// An optional pipe end that can be read and closed.
+trait PipeSlot {
+    fn read_chunk(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    fn close(&mut self);
+}
+
+impl<R: Read> PipeSlot for Option<R> {
+    fn read_chunk(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Some(r) => r.read(buf),
+            None => Ok(0),
+        }
+    }
+    fn close(&mut self) {
+        *self = None;
+    }
+}

@@ -1,0 +1,181 @@
+//! guest-init: the lab's PID 1 inside every guest. It mounts the usual file systems, loads the
+//! modules the initramfs carries, announces itself on the console, runs its job with the output
+//! streamed to lab over the agent channel, reports the exit status, and powers the VM off.
+//!
+//! A failure of guest-init itself is reported as such (a `failed` marker and a `Failure`
+//! message), never as the job's exit status, so that lab can tell a broken VM from a failing
+//! test.
+
+mod channel;
+mod job;
+mod modules;
+mod mounts;
+mod sys;
+
+use std::io::Write;
+
+use lab_proto::{GuestMessage, Job, Marker, PROTO_VERSION};
+
+use channel::Channel;
+
+/// A failed step of guest-init.
+struct Failure {
+    stage: &'static str,
+    message: String,
+}
+
+fn fail(stage: &'static str, message: impl std::fmt::Display) -> Failure {
+    Failure {
+        stage,
+        message: message.to_string(),
+    }
+}
+
+/// Prints a line on the console (PID 1's standard output).
+fn console(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!(
+            "guest-init: this is the lab's PID 1 for guests; it refuses to run as PID {}",
+            std::process::id()
+        );
+        std::process::exit(2);
+    }
+    std::panic::set_hook(Box::new(|info| {
+        console(
+            &Marker::Failed {
+                stage: "panic".into(),
+                message: info.to_string().replace('\n', " "),
+            }
+            .render(),
+        );
+        power_off();
+    }));
+    let mut channel = None;
+    if let Err(f) = run(&mut channel) {
+        console(
+            &Marker::Failed {
+                stage: f.stage.into(),
+                message: f.message.clone(),
+            }
+            .render(),
+        );
+        if let Some(ch) = channel.as_mut() {
+            let _ = ch.send(&GuestMessage::Failure {
+                stage: f.stage.into(),
+                message: f.message,
+            });
+        }
+    }
+    if let Some(ch) = &channel {
+        ch.drain();
+    }
+    power_off();
+}
+
+fn run(channel: &mut Option<Channel>) -> Result<(), Failure> {
+    let mount_notes = mounts::mount_all().map_err(|e| fail("mount", e))?;
+    if !sys::fd_is_open(1) || !sys::fd_is_open(2) {
+        sys::reopen_console().map_err(|e| fail("console", e))?;
+    }
+    let release = sys::kernel_release();
+    let module_notes = modules::load_all(&release);
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let channel_path =
+        param(&cmdline, "lab.channel").unwrap_or(lab_proto::DEFAULT_CHANNEL.to_string());
+    let ch = Channel::open(&channel_path)
+        .map_err(|e| fail("channel", format!("cannot open {channel_path}: {e}")))?;
+    let ch = channel.insert(ch);
+    let agent_version = env!("CARGO_PKG_VERSION").to_string();
+    ch.send(&GuestMessage::Hello {
+        proto: PROTO_VERSION,
+        agent_version: agent_version.clone(),
+        kernel_release: release.clone(),
+        features: vec!["exec".into()],
+    })
+    .map_err(|e| fail("channel", e))?;
+    for note in mount_notes.iter().chain(&module_notes) {
+        ch.send(&GuestMessage::Log { line: note.clone() })
+            .map_err(|e| fail("channel", e))?;
+    }
+    console(
+        &Marker::Ready {
+            agent: agent_version,
+            kernel: release,
+        }
+        .render(),
+    );
+
+    let job = load_job()?;
+    match job::run(&job, ch).map_err(|e| fail("job", e))? {
+        job::Outcome::Finished(status) | job::Outcome::NotStarted(status) => {
+            console(&Marker::Exit(status).render())
+        }
+    }
+    Ok(())
+}
+
+/// The job: the file in the initramfs, else the words after `--` on the kernel command line.
+fn load_job() -> Result<Job, Failure> {
+    match std::fs::read(lab_proto::JOB_PATH) {
+        Ok(bytes) => {
+            Job::decode(&bytes).map_err(|e| fail("job", format!("{}: {e}", lab_proto::JOB_PATH)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let argv: Vec<String> = std::env::args().skip(1).collect();
+            if argv.is_empty() {
+                return Err(fail(
+                    "job",
+                    format!(
+                        "no job: neither {} nor a command after -- on the kernel command line",
+                        lab_proto::JOB_PATH
+                    ),
+                ));
+            }
+            Ok(Job::new(argv))
+        }
+        Err(e) => Err(fail(
+            "job",
+            format!("cannot read {}: {e}", lab_proto::JOB_PATH),
+        )),
+    }
+}
+
+/// The value of `key=value` on the kernel command line.
+fn param(cmdline: &str, key: &str) -> Option<String> {
+    cmdline
+        .split_whitespace()
+        .take_while(|w| *w != "--")
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
+}
+
+/// Syncs and powers off; falls back to a reset (QEMU runs with -no-reboot, so a reset ends it
+/// too), and as a last resort idles so the host's timeout ends the VM.
+fn power_off() -> ! {
+    sys::sync();
+    let err = sys::reboot(libc::RB_POWER_OFF);
+    console(&format!("guest-init: power off failed ({err}); resetting"));
+    let _ = sys::reboot(libc::RB_AUTOBOOT);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_stop_at_the_double_dash() {
+        let cmdline = "console=ttyS0 lab.channel=/dev/ttyS2 quiet -- echo lab.channel=x\n";
+        assert_eq!(param(cmdline, "lab.channel").as_deref(), Some("/dev/ttyS2"));
+        assert_eq!(param(cmdline, "console").as_deref(), Some("ttyS0"));
+        assert_eq!(param(cmdline, "lab.chan"), None);
+        assert_eq!(param("-- lab.channel=x", "lab.channel"), None);
+    }
+}

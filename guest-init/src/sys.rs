@@ -1,0 +1,200 @@
+//! Thin, checked wrappers over the system calls guest-init needs that std does not offer.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+fn cstring(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in string"))
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `mount(2)`.
+pub fn mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let (source, target, fstype, data) = (
+        cstring(source)?,
+        cstring(target)?,
+        cstring(fstype)?,
+        cstring(data)?,
+    );
+    // SAFETY: all four pointers are valid NUL-terminated strings that outlive the call; mount
+    // does not keep them.
+    check(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    })?;
+    Ok(())
+}
+
+/// `finit_module(2)` with no parameters.
+pub fn finit_module(file: &std::fs::File) -> io::Result<()> {
+    let params = cstring("")?;
+    // SAFETY: the fd is open for the duration of the call (borrowed from `file`) and `params`
+    // is a valid NUL-terminated string; the syscall takes no other pointers.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `reboot(2)` with `cmd` (`RB_POWER_OFF`, `RB_AUTOBOOT`). Returns only on failure.
+pub fn reboot(cmd: libc::c_int) -> io::Error {
+    // SAFETY: reboot takes no pointers; as PID 1 we hold CAP_SYS_BOOT.
+    unsafe { libc::reboot(cmd) };
+    io::Error::last_os_error()
+}
+
+/// `sync(2)`.
+pub fn sync() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() }
+}
+
+/// Whether `fd` is open.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD on any integer is harmless; it fails with EBADF when not open.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// Makes `/dev/console` the standard input, output and error.
+pub fn reopen_console() -> io::Result<()> {
+    let path = cstring("/dev/console")?;
+    // SAFETY: `path` is a valid NUL-terminated string; the returned fd is checked.
+    let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) })?;
+    for target in 0..3 {
+        if fd != target {
+            // SAFETY: both are valid fds; dup2 replaces `target` atomically.
+            check(unsafe { libc::dup2(fd, target) })?;
+        }
+    }
+    if fd > 2 {
+        // SAFETY: `fd` is ours and no longer needed (0..3 are duplicates).
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+/// Puts the terminal on `fd` into raw mode: no echo, no line editing, no newline translation,
+/// 8-bit clean, so that binary frames pass unchanged.
+pub fn make_raw(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: termios is plain old data; zeroed is a valid value that tcgetattr overwrites.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `t` is a valid, writable termios.
+    check(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) })?;
+    // SAFETY: `t` is a valid termios obtained above.
+    unsafe { libc::cfmakeraw(&mut t) };
+    // SAFETY: `fd` is open and `t` is a valid termios.
+    check(unsafe { libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t) })?;
+    Ok(())
+}
+
+/// `pidfd_open(2)`: an fd that polls readable when `pid` exits.
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers; the result is checked before use.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(ret).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Resource usage and status of a reaped child.
+#[derive(Debug, Clone, Copy)]
+pub struct Reaped {
+    /// The raw wait status.
+    pub status: libc::c_int,
+    /// User CPU in microseconds.
+    pub user_us: u64,
+    /// System CPU in microseconds.
+    pub sys_us: u64,
+    /// Peak RSS in KiB.
+    pub max_rss_kib: u64,
+}
+
+fn timeval_us(t: libc::timeval) -> u64 {
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec).unwrap_or(0)
+}
+
+/// `wait4(2)` for `pid`, blocking.
+pub fn wait4(pid: libc::pid_t) -> io::Result<Reaped> {
+    let mut status = 0;
+    // SAFETY: rusage is plain old data; zeroed is valid and wait4 overwrites it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `status` and `usage` are valid, writable and outlive the call.
+        let ret = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if ret >= 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(Reaped {
+        status,
+        user_us: timeval_us(usage.ru_utime),
+        sys_us: timeval_us(usage.ru_stime),
+        max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+    })
+}
+
+/// Reaps every exited child without blocking (orphans re-parented to PID 1).
+pub fn reap_orphans() {
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is valid and writable; WNOHANG never blocks.
+        let ret = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if ret <= 0 {
+            break;
+        }
+    }
+}
+
+/// Sends `signal` to process group `pgid`.
+pub fn kill_group(pgid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: kill takes integers only; a stale group is reported as ESRCH and ignored.
+    unsafe { libc::kill(-pgid, signal) };
+}
+
+/// Makes the calling process a session (and process group) leader. For `pre_exec`.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: setsid takes no arguments; async-signal-safe, so fine between fork and exec.
+    check(unsafe { libc::setsid() })?;
+    Ok(())
+}
+
+/// The kernel release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// Whether a path exists (a tiny helper for mount points).
+pub fn exists(path: &str) -> bool {
+    Path::new(path).exists()
+}

@@ -1,0 +1,203 @@
+//! `lab`: the command line of the hermetic kernel test lab.
+
+mod bench;
+mod boot;
+mod doctor;
+mod kernel;
+mod smoke;
+mod ui;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lab_engine::accel::AccelRequest;
+use lab_engine::cancel::Cancel;
+use lab_engine::lab::Lab;
+use lab_engine::qemu::QemuBackend;
+use lab_engine::session::BootOptions;
+use lab_engine::vm::Accel;
+use lab_kernel::cache::Cache;
+
+/// The guest agent, built static by build.rs and carried inside this binary.
+pub static GUEST_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-init"));
+
+/// Exit statuses of lab itself (a job's own status passes through `lab boot`).
+pub mod exit {
+    /// Bad usage or input: unknown kernel, missing or garbage kernel file, bad arguments.
+    pub const USAGE: u8 = 2;
+    /// The VM or the lab failed (kernel panic, boot timeout, agent lost, fetch failed), like
+    /// vmtest and sysexits' EX_UNAVAILABLE.
+    pub const VM_FAILED: u8 = 69;
+    /// The job ran past its timeout, like timeout(1).
+    pub const TIMED_OUT: u8 = 124;
+    /// Interrupted (Ctrl-C, SIGTERM).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lab",
+    version,
+    about = "A hermetic kernel test lab: boots real Linux kernels in microVMs and runs jobs and suites inside them."
+)]
+struct Cli {
+    /// Print what lab is doing (always on when stderr is a terminal).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// Print only errors and the job's own output.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot a kernel, run one command in the guest, print its output, exit with its status.
+    Boot(boot::BootArgs),
+    /// Run the bundled suites (the main job): boots the default kernel, fetching it on first use.
+    Test(smoke::TestArgs),
+    /// Check this host: /dev/kvm, QEMU, tools, cache; which backend and accelerator each kernel
+    /// gets, and why.
+    Doctor(doctor::DoctorArgs),
+    /// Fetch, build and list kernels.
+    #[command(subcommand)]
+    Kernel(kernel::KernelCommand),
+    /// Measure the lab.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// How guests are executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum AccelArg {
+    /// KVM when it boots the kernel (probed once per kernel and host), else TCG.
+    #[default]
+    Auto,
+    /// Force KVM.
+    Kvm,
+    /// Force TCG (QEMU's software emulation).
+    Tcg,
+}
+
+impl AccelArg {
+    fn request(self) -> AccelRequest {
+        match self {
+            Self::Auto => AccelRequest::Auto,
+            Self::Kvm => AccelRequest::Force(Accel::Kvm),
+            Self::Tcg => AccelRequest::Force(Accel::Tcg),
+        }
+    }
+}
+
+/// Options of every command that boots VMs.
+#[derive(Debug, Clone, Args)]
+pub struct VmArgs {
+    /// How guests are executed.
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    accel: AccelArg,
+    /// vCPUs per VM.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Guest memory per VM, in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory: u32,
+    /// Seconds from launch until the guest agent must be up (per attempt).
+    #[arg(long, default_value_t = 60)]
+    boot_timeout: u64,
+    /// Boot attempts when the agent does not come up in time.
+    #[arg(long, default_value_t = 2)]
+    boot_attempts: u32,
+    /// Extra kernel command-line words.
+    #[arg(long = "append", value_name = "WORDS")]
+    append: Vec<String>,
+    /// Keep each VM's work directory (console log) for inspection.
+    #[arg(long)]
+    keep_workdir: bool,
+}
+
+impl VmArgs {
+    fn boot_options(&self, accel: Accel, run_timeout: Option<Duration>) -> BootOptions {
+        BootOptions {
+            cpus: self.cpus,
+            memory_mib: self.memory,
+            accel,
+            boot_timeout: Duration::from_secs(self.boot_timeout),
+            run_timeout,
+            boot_attempts: self.boot_attempts,
+            extra_cmdline: self
+                .append
+                .iter()
+                .flat_map(|w| w.split_whitespace().map(str::to_string))
+                .collect(),
+            keep_workdir: self.keep_workdir,
+        }
+    }
+}
+
+/// The cache and the lab over it.
+pub fn open_lab() -> anyhow::Result<Lab> {
+    let cache = Cache::from_env()?;
+    let backend = QemuBackend::find()?;
+    Ok(Lab::new(cache, Box::new(backend), GUEST_INIT))
+}
+
+/// Installs SIGINT/SIGTERM handling: the first signal cancels the run (VMs are torn down, what
+/// was obtained is reported); a second one exits at once (VMs die with lab through their
+/// parent-death signal).
+fn install_signals(cancel: Cancel) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for _ in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    eprintln!("lab: interrupted; stopping VMs (again to kill at once)");
+                    cancel.cancel();
+                } else {
+                    std::process::exit(i32::from(exit::INTERRUPTED));
+                }
+            }
+        });
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ui = ui::Ui::new(cli.verbose, cli.quiet);
+    let cancel = Cancel::new();
+    install_signals(cancel.clone());
+    let result = match cli.command {
+        Command::Boot(args) => boot::run(&ui, &cancel, args),
+        Command::Test(args) => smoke::run(&ui, &cancel, args),
+        Command::Doctor(args) => doctor::run(&ui, args),
+        Command::Kernel(cmd) => kernel::run(&ui, cmd),
+        Command::Bench(cmd) => bench::run(&ui, &cancel, cmd),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            ui.error(&err);
+            ExitCode::from(ui::exit_code_of(&err))
+        }
+    }
+}
+
+/// Where the bundled suites are: `$LAB_SUITES`, else `suites/` beside the current directory or
+/// the source tree this binary was built from.
+pub fn suites_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LAB_SUITES") {
+        return PathBuf::from(dir);
+    }
+    let here = PathBuf::from("suites");
+    if here.is_dir() {
+        return here;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../suites")
+}

@@ -1,0 +1,106 @@
+//! What lab prints about itself: progress lines on a terminal (or with -v), nothing extra when
+//! piped, and errors with their causes and the VM's console tail.
+
+use std::io::IsTerminal;
+
+use lab_engine::lab::{LabError, RunError};
+use lab_engine::session::SessionError;
+use lab_kernel::catalog::CatalogError;
+
+use crate::exit;
+
+/// Output settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Ui {
+    progress: bool,
+    verbose: bool,
+}
+
+impl Ui {
+    /// Progress shows on a terminal or with `-v`; `-q` silences it.
+    pub fn new(verbose: bool, quiet: bool) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        Self {
+            progress: !quiet && (verbose || tty),
+            verbose,
+        }
+    }
+
+    /// Whether diagnostics (guest-init's notes) are shown.
+    pub fn verbose(&self) -> bool {
+        self.verbose
+    }
+
+    /// A progress line on stderr.
+    pub fn progress(&self, line: &str) {
+        if self.progress {
+            eprintln!("lab: {line}");
+        }
+    }
+
+    /// The error, its causes, and a VM's console tail.
+    pub fn error(&self, err: &anyhow::Error) {
+        let mut text = format!("lab: error: {err}");
+        for cause in err.chain().skip(1) {
+            text.push_str(&format!(": {cause}"));
+        }
+        eprintln!("{text}");
+        if let Some(tail) = session_error(err).map(SessionError::console_tail) {
+            if !tail.is_empty() {
+                eprintln!("lab: console tail:");
+                for line in tail {
+                    eprintln!("  | {line}");
+                }
+            }
+        }
+    }
+}
+
+fn session_error(err: &anyhow::Error) -> Option<&SessionError> {
+    err.chain().find_map(|e| {
+        e.downcast_ref::<SessionError>()
+            .or_else(|| match e.downcast_ref::<RunError>() {
+                Some(RunError::Session(s)) => Some(s),
+                _ => None,
+            })
+    })
+}
+
+/// The exit status for an error: bad input 2, a job timeout 124, a cancelled run 130, any other
+/// failure of the VM or the lab 69.
+pub fn exit_code_of(err: &anyhow::Error) -> u8 {
+    if let Some(s) = session_error(err) {
+        return match s {
+            SessionError::RunTimeout { .. } => exit::TIMED_OUT,
+            SessionError::Cancelled { .. } => exit::INTERRUPTED,
+            _ => exit::VM_FAILED,
+        };
+    }
+    for e in err.chain() {
+        let catalog =
+            e.downcast_ref::<CatalogError>()
+                .or_else(|| match e.downcast_ref::<LabError>() {
+                    Some(LabError::Kernel(c)) => Some(c),
+                    _ => None,
+                });
+        if let Some(
+            CatalogError::Unknown { .. }
+            | CatalogError::MissingFile { .. }
+            | CatalogError::BadImage { .. },
+        ) = catalog
+        {
+            return exit::USAGE;
+        }
+        if let Some(LabError::Guest(lab_engine::guest::GuestError::BadExtra(_))) =
+            e.downcast_ref::<LabError>()
+        {
+            return exit::USAGE;
+        }
+        if e.downcast_ref::<lab_engine::guest::GuestError>()
+            .is_some_and(|g| matches!(g, lab_engine::guest::GuestError::BadExtra(_)))
+        {
+            return exit::USAGE;
+        }
+    }
+    exit::VM_FAILED
+}

@@ -1,0 +1,396 @@
+//! End-to-end tests of `lab boot`: real kernels (Debian's cloud kernels and one built from
+//! `kernels/lab.config`) booted in real VMs, with the guest agent running real commands.
+//!
+//! They need QEMU. Without it they skip and say so; with `LAB_E2E=1` (CI) a missing
+//! prerequisite is a failure instead, so CI never passes by skipping.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LAB: &str = env!("CARGO_BIN_EXE_lab");
+
+/// Whether prerequisites must be there (CI).
+fn required() -> bool {
+    std::env::var("LAB_E2E").is_ok_and(|v| v == "1")
+}
+
+/// Returns false (and says why) when VM tests cannot run here.
+fn can_boot() -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()))
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            !required(),
+            "LAB_E2E=1 but qemu-system-x86_64 is not installed"
+        );
+        eprintln!("SKIPPED: qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
+    }
+    found
+}
+
+/// Whether the catalog kernel `name` is installed; built kernels take minutes, so tests never
+/// build them implicitly.
+fn installed(name: &str) -> bool {
+    let out = Command::new(LAB)
+        .args(["kernel", "list", "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ok = text
+        .lines()
+        .any(|l| l.contains(&format!("\"name\":\"{name}\"")));
+    if !ok {
+        assert!(
+            !required(),
+            "LAB_E2E=1 but kernel {name} is not installed (lab kernel build {name})"
+        );
+        eprintln!(
+            "SKIPPED: kernel {name} not installed; run `lab kernel build {name}` or scripts/test"
+        );
+    }
+    ok
+}
+
+/// The release recorded for an installed kernel.
+fn release_of(name: &str) -> String {
+    let out = Command::new(LAB)
+        .args(["kernel", "list", "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("\"name\":\"{name}\"")))
+        .unwrap_or_else(|| panic!("{name} not in {text}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    v["release"].as_str().unwrap().to_string()
+}
+
+/// A private TMPDIR per test: afterwards it must hold no VM work directory and no process may
+/// still mention it.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("lab-e2e-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    fn lab(&self) -> Command {
+        let mut c = Command::new(LAB);
+        c.env("TMPDIR", self.dir.path())
+            .env_remove("XDG_RUNTIME_DIR")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let started = Instant::now();
+        let out = self.lab().args(args).output().unwrap();
+        eprintln!(
+            "lab {} -> {:?} in {:.1}s\n--- stdout\n{}--- stderr\n{}",
+            args.join(" "),
+            out.status.code(),
+            started.elapsed().as_secs_f64(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.assert_clean();
+        out
+    }
+
+    /// No leftovers: the scratch dir is empty and no process refers to it.
+    fn assert_clean(&self) {
+        let left: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "temp files left behind: {left:?}");
+        let needle = self.dir.path().to_string_lossy().into_owned();
+        // The VM process may take a moment to be reaped by the kernel after lab exits.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stray = processes_mentioning(&needle);
+            if stray.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "stray processes: {stray:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn uname_on(kernel: &str) {
+    let s = Scratch::new();
+    let out = s.run(&["boot", "-k", kernel, "--", "uname", "-r"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out).trim(), release_of(kernel));
+}
+
+#[test]
+fn debian_6_1_runs_a_command_and_prints_its_release() {
+    if can_boot() {
+        uname_on("debian-6.1");
+    }
+}
+
+#[test]
+fn debian_6_12_runs_a_command_and_prints_its_release() {
+    if can_boot() {
+        uname_on("debian-6.12");
+    }
+}
+
+#[test]
+fn the_lab_config_kernel_runs_a_command_and_prints_its_release() {
+    if can_boot() && installed("lab-6.1") {
+        uname_on("lab-6.1");
+    }
+}
+
+#[test]
+fn exit_codes_signals_and_streams_pass_through() {
+    if !can_boot() {
+        return;
+    }
+    let s = Scratch::new();
+    let out = s.run(&[
+        "boot",
+        "--",
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(stdout(&out), "to-out\n");
+    assert!(stderr(&out).contains("to-err\n"), "{}", stderr(&out));
+    let out = s.run(&["boot", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.status.code(), Some(128 + 9));
+    let out = s.run(&["boot", "--", "no-such-program"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(
+        stderr(&out).contains("cannot run no-such-program"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn extra_files_reach_the_guest_byte_for_byte() {
+    if !can_boot() {
+        return;
+    }
+    let s = Scratch::new();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let host = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(host.path(), &data).unwrap();
+    let spec = format!("{}:/data/blob", host.path().display());
+    let out = s.run(&[
+        "boot",
+        "--initrd-extra",
+        &spec,
+        "--",
+        "sha256sum",
+        "/data/blob",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let want = Command::new("sha256sum").arg(host.path()).output().unwrap();
+    let want = stdout(&want).split_whitespace().next().unwrap().to_string();
+    assert!(
+        stdout(&out).starts_with(&want),
+        "{} vs {want}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_guest_kernel_panic_is_a_vm_failure_with_the_console_tail() {
+    if !can_boot() {
+        return;
+    }
+    let s = Scratch::new();
+    let out = s.run(&["boot", "--", "sh", "-c", "echo c > /proc/sysrq-trigger"]);
+    assert_eq!(out.status.code(), Some(69));
+    let err = stderr(&out);
+    assert!(err.contains("kernel panic: sysrq triggered crash"), "{err}");
+    assert!(err.contains("console tail:"), "{err}");
+}
+
+#[test]
+fn a_hanging_command_hits_the_run_timeout() {
+    if !can_boot() {
+        return;
+    }
+    let s = Scratch::new();
+    let started = Instant::now();
+    let out = s.run(&["boot", "--timeout", "5", "--", "sleep", "1000"]);
+    assert_eq!(out.status.code(), Some(124));
+    assert!(
+        stderr(&out).contains("job timed out after 5s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(120));
+}
+
+#[test]
+fn a_guest_that_never_gets_ready_hits_the_boot_timeout() {
+    if !can_boot() {
+        return;
+    }
+    let s = Scratch::new();
+    // Boot busybox's shell instead of guest-init: it waits on the console forever.
+    let out = s.run(&[
+        "boot",
+        "--boot-timeout",
+        "8",
+        "--boot-attempts",
+        "1",
+        "--append",
+        "rdinit=/bin/sh",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(69));
+    assert!(stderr(&out).contains("boot timed out"), "{}", stderr(&out));
+}
+
+#[test]
+fn missing_garbage_and_unknown_kernels_are_named() {
+    if !can_boot() {
+        return;
+    }
+    let s = Scratch::new();
+    let out = s.run(&["boot", "-k", "/nonexistent/bzImage", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("kernel file /nonexistent/bzImage not found"),
+        "{}",
+        stderr(&out)
+    );
+
+    let garbage = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(garbage.path(), b"this is not a kernel\n".repeat(100)).unwrap();
+    let out = s.run(&[
+        "boot",
+        "-k",
+        &garbage.path().display().to_string(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("not a Linux kernel image"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = s.run(&["boot", "-k", "debian-2.4", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown kernel 'debian-2.4'"),
+        "{}",
+        stderr(&out)
+    );
+    for o in [&out] {
+        assert_eq!(stderr(o).lines().count(), 1, "one line: {}", stderr(o));
+    }
+}
+
+#[test]
+fn an_interrupted_run_tears_its_vm_down() {
+    if !can_boot() {
+        return;
+    }
+    let s = Scratch::new();
+    let mut child = s
+        .lab()
+        .args(["boot", "--", "sleep", "1000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the VM process exists, then interrupt lab.
+    let needle = s.dir.path().to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while processes_mentioning(&needle)
+        .iter()
+        .all(|p| !p.contains("qemu"))
+    {
+        assert!(Instant::now() < deadline, "vm never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    s.assert_clean();
+}
+
+#[test]
+fn the_smoke_suite_passes_on_the_default_kernel() {
+    if !can_boot() {
+        return;
+    }
+    let s = Scratch::new();
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../suites/smoke");
+    let out = s.run(&["test", &suite.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("TAP version 14\n"), "{text}");
+    assert!(text.contains("    ok 1 - PID 1 is guest-init"), "{text}");
+    assert!(!text.contains("not ok"), "{text}");
+}
+
+#[test]
+fn doctor_explains_the_backend_choice() {
+    if !can_boot() {
+        return;
+    }
+    let s = Scratch::new();
+    let out = s.run(&["doctor", "-k", "debian-6.1"]);
+    let text = stdout(&out);
+    assert!(text.contains("/dev/kvm"), "{text}");
+    assert!(text.contains("backend qemu, accel "), "{text}");
+}

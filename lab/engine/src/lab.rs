@@ -1,0 +1,239 @@
+//! The lab as the CLI sees it: resolves kernels, assembles guest images, picks the accelerator
+//! and runs jobs in fresh VMs. One place that ties the cache, the backend and guest-init.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lab_kernel::cache::{Cache, CacheError};
+use lab_kernel::catalog::{self, CatalogError, Kernel};
+use lab_kernel::packages::{self, PackageError};
+use lab_kernel::Progress;
+use lab_proto::Job;
+
+use crate::accel::{self, AccelChoice, AccelRequest, KvmAccess, Verdict, Verdicts};
+use crate::cancel::Cancel;
+use crate::guest::{self, ExtraFile, GuestError, Userland};
+use crate::session::{self, BootOptions, JobReport, SessionError, SessionEvent};
+use crate::vm::{Accel, Backend};
+
+/// Errors of preparing a boot (before any VM runs).
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The kernel could not be resolved, fetched or built.
+    #[error(transparent)]
+    Kernel(#[from] CatalogError),
+    /// The guest's user space could not be fetched.
+    #[error("failed to fetch the guest user space")]
+    Userland(#[source] PackageError),
+    /// The guest image could not be assembled.
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    /// A scratch directory could not be made.
+    #[error("failed to create a scratch directory")]
+    Scratch(#[source] std::io::Error),
+}
+
+/// The lab: cache, backend and guest agent.
+pub struct Lab {
+    cache: Cache,
+    backend: Box<dyn Backend>,
+    guest_init: &'static [u8],
+    userland: Option<Userland>,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab")
+            .field("cache", &self.cache)
+            .field("backend", &self.backend.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A kernel with its base image, ready to boot.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The kernel.
+    pub kernel: Kernel,
+    /// The base initramfs (without a job).
+    pub base_image: PathBuf,
+}
+
+impl Lab {
+    /// A lab over `cache` running VMs with `backend`; `guest_init` is the static agent binary.
+    pub fn new(cache: Cache, backend: Box<dyn Backend>, guest_init: &'static [u8]) -> Self {
+        Self {
+            cache,
+            backend,
+            guest_init,
+            userland: None,
+        }
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Resolves `-k`: fetches or builds on first use.
+    pub fn kernel(&self, arg: &str, progress: Progress<'_>) -> Result<Kernel, LabError> {
+        Ok(catalog::resolve(&self.cache, arg, progress)?)
+    }
+
+    /// The user space every guest carries (busybox), fetched on first use.
+    fn userland(&mut self, progress: Progress<'_>) -> Result<Userland, LabError> {
+        if let Some(u) = &self.userland {
+            return Ok(u.clone());
+        }
+        let busybox = packages::busybox(&self.cache, progress).map_err(LabError::Userland)?;
+        let u = Userland {
+            busybox: Some(busybox),
+        };
+        self.userland = Some(u.clone());
+        Ok(u)
+    }
+
+    /// Resolves the kernel and builds its base image with `extras`.
+    pub fn prepare(
+        &mut self,
+        kernel_arg: &str,
+        extras: &[ExtraFile],
+        progress: Progress<'_>,
+    ) -> Result<Prepared, LabError> {
+        let kernel = self.kernel(kernel_arg, progress)?;
+        let userland = self.userland(progress)?;
+        let base_image =
+            guest::base_image(&self.cache, &kernel, self.guest_init, &userland, extras)?;
+        Ok(Prepared { kernel, base_image })
+    }
+
+    /// Boots `prepared` and runs `job` in it.
+    pub fn run(
+        &self,
+        prepared: &Prepared,
+        job: &Job,
+        opts: &BootOptions,
+        cancel: &Cancel,
+        observer: &mut dyn FnMut(SessionEvent<'_>),
+    ) -> Result<JobReport, RunError> {
+        let scratch = tempfile::Builder::new()
+            .prefix("lab-job-")
+            .tempdir()
+            .map_err(|e| RunError::Prepare(LabError::Scratch(e)))?;
+        let image = scratch.path().join("initrd.cpio");
+        guest::job_image(&prepared.base_image, job, &image)
+            .map_err(|e| RunError::Prepare(LabError::Guest(e)))?;
+        let name = prepared.kernel.info.name.clone();
+        session::run(
+            self.backend.as_ref(),
+            &name,
+            &prepared.kernel.image_path(),
+            &image,
+            opts,
+            cancel,
+            observer,
+        )
+        .map_err(RunError::Session)
+    }
+
+    /// Chooses the accelerator for `prepared`, probing KVM with a real boot when the verdict is
+    /// not cached.
+    pub fn choose_accel(
+        &self,
+        prepared: &Prepared,
+        request: AccelRequest,
+        progress: Progress<'_>,
+    ) -> Result<AccelChoice, LabError> {
+        let path = self.cache.state_dir()?.join("kvm-verdicts.json");
+        let access = KvmAccess::probe();
+        // Concurrent lab processes probe a kernel once: the second waits for the first's verdict.
+        let _lock = match (request, &access) {
+            (AccelRequest::Auto, KvmAccess::Usable) => Some(self.cache.lock("kvm-verdicts")?),
+            _ => None,
+        };
+        let mut verdicts = Verdicts::load(&path);
+        let key = accel::verdict_key(&prepared.kernel.info.id);
+        let mut probe = || {
+            progress(&format!(
+                "probing whether KVM boots {} (once per kernel and host)",
+                prepared.kernel.info.name
+            ));
+            self.probe_kvm(prepared)
+        };
+        let (choice, fresh) = accel::choose(
+            request,
+            &access,
+            &prepared.kernel.info.name,
+            verdicts.entries.get(&key),
+            &mut probe,
+        );
+        if let Some(v) = fresh {
+            verdicts.entries.insert(key, v);
+            // Only a cache: failing to save costs a probe next time, nothing else.
+            let _ = verdicts.save(&path);
+        }
+        Ok(choice)
+    }
+
+    /// Forgets cached KVM verdicts (all, or one kernel's).
+    pub fn forget_verdicts(&self, kernel_id: Option<&str>) -> Result<(), LabError> {
+        let path = self.cache.state_dir()?.join("kvm-verdicts.json");
+        let mut verdicts = Verdicts::load(&path);
+        match kernel_id {
+            Some(id) => verdicts
+                .entries
+                .retain(|k, _| !k.starts_with(&format!("{id}|"))),
+            None => verdicts.entries.clear(),
+        }
+        let _ = verdicts.save(&path);
+        Ok(())
+    }
+
+    /// Boots `prepared` under KVM running `true`, with a short timeout.
+    fn probe_kvm(&self, prepared: &Prepared) -> Verdict {
+        let opts = BootOptions {
+            accel: Accel::Kvm,
+            boot_timeout: Duration::from_secs(20),
+            run_timeout: Some(Duration::from_secs(20)),
+            boot_attempts: 1,
+            ..BootOptions::default()
+        };
+        let job = Job::new(["/bin/true"]);
+        let started = std::time::Instant::now();
+        let result = self.run(prepared, &job, &opts, &Cancel::new(), &mut |_| {});
+        let (kvm_boots, detail) = match result {
+            Ok(report) => (
+                true,
+                format!("agent ready in {:.2}s", report.boot_time.as_secs_f64()),
+            ),
+            Err(e) => (
+                false,
+                format!("{e} after {:.1}s", started.elapsed().as_secs_f64()),
+            ),
+        };
+        Verdict {
+            kvm_boots,
+            detail,
+            probed_unix: catalog::now_unix(),
+        }
+    }
+}
+
+/// Errors of running a job.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Preparing the job's image failed.
+    #[error(transparent)]
+    Prepare(LabError),
+    /// The VM failed.
+    #[error(transparent)]
+    Session(SessionError),
+}

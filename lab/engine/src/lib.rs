@@ -1,0 +1,12 @@
+//! The lab's engine: boots kernels in VMs through a backend trait (QEMU now, the lab's own VMM
+//! later), assembles what the guest boots with, and runs jobs in it.
+#![forbid(unsafe_code)]
+
+pub mod accel;
+pub mod cancel;
+pub mod console;
+pub mod guest;
+pub mod lab;
+pub mod qemu;
+pub mod session;
+pub mod vm;

@@ -1,0 +1,420 @@
+//! The `qemu` backend: `qemu-system-x86_64 -M microvm`, with the kernel console on the first
+//! UART (QEMU's stdout, read by lab) and the agent channel on a second UART wired to a Unix
+//! socket lab listens on. KVM when the host can run the guest, TCG otherwise.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use lab_proto::{read_frame, GuestMessage};
+
+use crate::console::ConsoleScanner;
+use crate::vm::{Accel, Backend, BackendError, Machine, VmEvent, VmSpec};
+
+/// The QEMU program lab runs, unless `LAB_QEMU` names another.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// How much of QEMU's stderr is kept.
+const MAX_STDERR: usize = 16 * 1024;
+
+/// The `qemu` backend.
+#[derive(Debug, Clone)]
+pub struct QemuBackend {
+    binary: PathBuf,
+    pdeathsig: Option<PathBuf>,
+}
+
+/// Finds `program` on `PATH` (or takes it as a path if it has a slash).
+pub fn which(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+impl QemuBackend {
+    /// Finds QEMU (`$LAB_QEMU` or `qemu-system-x86_64` on PATH).
+    pub fn find() -> Result<Self, BackendError> {
+        let name = std::env::var("LAB_QEMU").unwrap_or_else(|_| QEMU.to_string());
+        let binary = which(&name).ok_or_else(|| BackendError::NotInstalled {
+            program: name,
+            package: "qemu-system-x86".into(),
+        })?;
+        // util-linux's setpriv ties QEMU's life to lab's: if lab dies, even by SIGKILL, the
+        // kernel kills QEMU, so no VM outlives the run that started it.
+        let pdeathsig = which("setpriv");
+        Ok(Self { binary, pdeathsig })
+    }
+
+    /// The QEMU program.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// `qemu-system-x86_64 --version`, first line.
+    pub fn version(&self) -> Option<String> {
+        let out = Command::new(&self.binary).arg("--version").output().ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .map(str::to_string)
+    }
+}
+
+/// The host's TSC frequency in kHz, from /proc/cpuinfo's "cpu MHz" (on hosts with an invariant
+/// TSC, which every x86-64 host QEMU runs on has, that is the TSC's rate).
+pub fn host_tsc_khz() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    parse_cpu_mhz(&text)
+}
+
+fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    // Truncation is fine: the value is in kHz with three decimals at most.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let khz = (mhz * 1000.0).round() as u64;
+    (khz > 0).then_some(khz)
+}
+
+/// The kernel command line QEMU passes: `spec`'s, plus what this backend needs. Under TCG the
+/// guest reads the host's TSC, but calibrating it against the emulated PIT fails when the host
+/// is busy ("tsc: Unable to calibrate against PIT"), and a microvm has no other clocksource, so
+/// the boot stalls; telling the kernel the frequency skips the calibration.
+pub fn full_cmdline(spec: &VmSpec, tsc_khz: Option<u64>) -> String {
+    match (spec.accel, tsc_khz) {
+        (Accel::Tcg, Some(khz)) => format!("{} tsc_early_khz={khz}", spec.cmdline),
+        _ => spec.cmdline.clone(),
+    }
+}
+
+/// QEMU's arguments for `spec`, with the agent UART connecting to `agent_socket`.
+pub fn args(spec: &VmSpec, agent_socket: &Path) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |s: &str| a.push(s.into());
+    // microvm: no PCI, no firmware tables beyond what Linux needs; ACPI stays on so that
+    // kernels power off through it and so Debian kernels can find devices described there.
+    push("-M");
+    push("microvm,acpi=on,rtc=on,pit=on");
+    push("-accel");
+    push(spec.accel.name());
+    push("-cpu");
+    // Under KVM the host CPU, less the MSR some nested hosts cannot emulate; under TCG, the
+    // most capable emulated CPU.
+    push(match spec.accel {
+        Accel::Kvm => "host,-arch-capabilities",
+        Accel::Tcg => "max",
+    });
+    push("-smp");
+    push(&spec.cpus.to_string());
+    push("-m");
+    push(&format!("{}M", spec.memory_mib));
+    for fixed in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
+        push(fixed);
+    }
+    // The console: first UART on QEMU's stdout.
+    push("-chardev");
+    push("stdio,id=console,signal=off");
+    push("-serial");
+    push("chardev:console");
+    // The agent channel: second UART (ttyS1, 0x2f8, IRQ 3) to lab's socket.
+    push("-chardev");
+    let mut sock = OsString::from("socket,id=agent,path=");
+    sock.push(agent_socket.as_os_str());
+    a.push(sock);
+    let mut push = |s: &str| a.push(s.into());
+    push("-device");
+    push("isa-serial,chardev=agent,index=1");
+    push("-kernel");
+    a.push(spec.kernel.clone().into_os_string());
+    a.push("-initrd".into());
+    a.push(spec.initrd.clone().into_os_string());
+    a.push("-append".into());
+    a.push(full_cmdline(spec, host_tsc_khz()).into());
+    a
+}
+
+impl Backend for QemuBackend {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn launch(
+        &self,
+        spec: &VmSpec,
+        events: Sender<VmEvent>,
+    ) -> Result<Box<dyn Machine>, BackendError> {
+        let socket = spec.workdir.join("agent.sock");
+        let listener = UnixListener::bind(&socket).map_err(BackendError::Spawn)?;
+        let console_log =
+            File::create(spec.workdir.join("console.log")).map_err(BackendError::Spawn)?;
+        let mut cmd = match &self.pdeathsig {
+            Some(setpriv) => {
+                let mut c = Command::new(setpriv);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        cmd.args(args(spec, &socket))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .current_dir(&spec.workdir);
+        let mut child = cmd.spawn().map_err(BackendError::Spawn)?;
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let stderr = child.stderr.take().expect("stderr was piped");
+
+        let scanner = Arc::new(Mutex::new(ConsoleScanner::new()));
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let mut threads = Vec::new();
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name).spawn(f)
+        };
+        let tag = spec.name.clone();
+        {
+            let (scanner, events) = (scanner.clone(), events.clone());
+            let f = Box::new(move || read_console(stdout, console_log, &scanner, &events));
+            threads.push(spawn(format!("{tag}-console"), f).map_err(BackendError::Spawn)?);
+        }
+        {
+            let (text, events) = (stderr_text.clone(), events.clone());
+            let f = Box::new(move || read_stderr(stderr, &text, &events));
+            threads.push(spawn(format!("{tag}-stderr"), f).map_err(BackendError::Spawn)?);
+        }
+        {
+            let f = Box::new(move || read_agent(listener, &events));
+            threads.push(spawn(format!("{tag}-agent"), f).map_err(BackendError::Spawn)?);
+        }
+        Ok(Box::new(QemuMachine {
+            child,
+            socket,
+            scanner,
+            stderr: stderr_text,
+            threads,
+            reaped: None,
+        }))
+    }
+}
+
+fn read_console(
+    mut stdout: impl Read,
+    mut log: File,
+    scanner: &Mutex<ConsoleScanner>,
+    events: &Sender<VmEvent>,
+) {
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match stdout.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let _ = log.write_all(&buf[..n]);
+        let found = scanner
+            .lock()
+            .map(|mut s| s.feed(&buf[..n]))
+            .unwrap_or_default();
+        for e in found {
+            let _ = events.send(VmEvent::Console(e));
+        }
+    }
+    let found = scanner.lock().map(|mut s| s.finish()).unwrap_or_default();
+    for e in found {
+        let _ = events.send(VmEvent::Console(e));
+    }
+    let _ = events.send(VmEvent::ConsoleClosed);
+}
+
+/// QEMU's words for a guest it stopped and will not resume.
+const FATAL: &[&str] = &[
+    "KVM internal error",
+    "emulation failure",
+    "KVM: entry failed",
+];
+
+fn read_stderr(mut stderr: impl Read, text: &Mutex<String>, events: &Sender<VmEvent>) {
+    let mut buf = [0u8; 4096];
+    let mut reported = false;
+    while let Ok(n) = stderr.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let chunk = String::from_utf8_lossy(&buf[..n]);
+        if let Ok(mut t) = text.lock() {
+            if t.len() < MAX_STDERR {
+                t.push_str(&chunk);
+            }
+            if !reported {
+                if let Some(line) = t.lines().find(|l| FATAL.iter().any(|f| l.contains(f))) {
+                    reported = true;
+                    let _ = events.send(VmEvent::Fault(line.trim().to_string()));
+                }
+            }
+        }
+    }
+}
+
+fn read_agent(listener: UnixListener, events: &Sender<VmEvent>) {
+    let Ok((mut stream, _)) = listener.accept() else {
+        return;
+    };
+    drop(listener);
+    // A connection without QEMU's chardev on the other end is the wake-up from `Drop`.
+    let _ = events.send(VmEvent::AgentConnected);
+    loop {
+        match read_frame(&mut stream) {
+            Ok(Some(payload)) => match GuestMessage::decode(&payload) {
+                Ok(msg) => {
+                    if events.send(VmEvent::Agent(msg)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = events.send(VmEvent::AgentError(e.to_string()));
+                    return;
+                }
+            },
+            Ok(None) => break,
+            Err(e) => {
+                let _ = events.send(VmEvent::AgentError(e.to_string()));
+                return;
+            }
+        }
+    }
+    let _ = events.send(VmEvent::AgentClosed);
+}
+
+/// A running QEMU.
+struct QemuMachine {
+    child: Child,
+    socket: PathBuf,
+    scanner: Arc<Mutex<ConsoleScanner>>,
+    stderr: Arc<Mutex<String>>,
+    threads: Vec<JoinHandle<()>>,
+    reaped: Option<Option<i32>>,
+}
+
+impl Machine for QemuMachine {
+    fn console_tail(&self) -> Vec<String> {
+        self.scanner.lock().map(|s| s.tail()).unwrap_or_default()
+    }
+
+    fn diagnostics(&self) -> String {
+        self.stderr
+            .lock()
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn kill(&mut self) {
+        if self.reaped.is_none() {
+            let _ = self.child.kill();
+        }
+    }
+
+    fn wait(&mut self) -> Option<i32> {
+        if let Some(code) = self.reaped {
+            return code;
+        }
+        let code = self.child.wait().ok().and_then(|s| s.code());
+        self.reaped = Some(code);
+        code
+    }
+}
+
+impl Drop for QemuMachine {
+    fn drop(&mut self) {
+        self.kill();
+        self.wait();
+        // Wake the agent thread if QEMU never connected; harmless otherwise.
+        let _ = UnixStream::connect(&self.socket);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(accel: Accel) -> VmSpec {
+        VmSpec {
+            name: "t".into(),
+            kernel: "/k/vmlinuz".into(),
+            initrd: "/k/initrd".into(),
+            cmdline: "console=ttyS0 panic=-1".into(),
+            cpus: 2,
+            memory_mib: 512,
+            accel,
+            workdir: "/w".into(),
+        }
+    }
+
+    fn joined(a: &[OsString]) -> String {
+        a.iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn arguments_describe_a_microvm_with_two_uarts() {
+        let a = joined(&args(&spec(Accel::Tcg), Path::new("/w/agent.sock")));
+        for want in [
+            "-M microvm,acpi=on,rtc=on,pit=on",
+            "-accel tcg -cpu max",
+            "-smp 2 -m 512M",
+            "-no-reboot",
+            "-serial chardev:console",
+            "socket,id=agent,path=/w/agent.sock",
+            "isa-serial,chardev=agent,index=1",
+            "-kernel /k/vmlinuz -initrd /k/initrd -append console=ttyS0 panic=-1",
+        ] {
+            assert!(a.contains(want), "{want:?} missing from {a}");
+        }
+        let a = joined(&args(&spec(Accel::Kvm), Path::new("/w/agent.sock")));
+        assert!(a.contains("-accel kvm -cpu host,-arch-capabilities"), "{a}");
+    }
+
+    #[test]
+    fn the_command_line_stays_one_argument() {
+        let a = args(&spec(Accel::Kvm), Path::new("/w/a.sock"));
+        let at = a.iter().position(|s| s == "-append").unwrap();
+        assert_eq!(a[at + 1], "console=ttyS0 panic=-1");
+    }
+
+    #[test]
+    fn tcg_guests_are_told_the_tsc_rate() {
+        assert_eq!(
+            full_cmdline(&spec(Accel::Tcg), Some(2_596_152)),
+            "console=ttyS0 panic=-1 tsc_early_khz=2596152"
+        );
+        assert_eq!(
+            full_cmdline(&spec(Accel::Kvm), Some(1)),
+            "console=ttyS0 panic=-1"
+        );
+        assert_eq!(
+            full_cmdline(&spec(Accel::Tcg), None),
+            "console=ttyS0 panic=-1"
+        );
+        let cpuinfo = "processor\t: 0\nmodel name\t: x\ncpu MHz\t\t: 2596.152\n";
+        assert_eq!(parse_cpu_mhz(cpuinfo), Some(2_596_152));
+        assert_eq!(parse_cpu_mhz("cpu MHz : fast\n"), None);
+    }
+}

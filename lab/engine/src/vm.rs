@@ -1,0 +1,122 @@
+//! The seam between the engine and whatever runs VMs: a [`Backend`] launches a VM described by
+//! a [`VmSpec`] and reports what happens in it as [`VmEvent`]s; the engine never needs to know
+//! whether QEMU or the lab's own VMM is underneath.
+
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+
+use lab_proto::GuestMessage;
+
+use crate::console::ConsoleEvent;
+
+/// How guest code is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Accel {
+    /// Hardware virtualisation through /dev/kvm.
+    Kvm,
+    /// QEMU's software emulation (works everywhere, slower).
+    Tcg,
+}
+
+impl Accel {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        }
+    }
+}
+
+/// Everything a backend needs to start one VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// A name for messages ("debian-6.1").
+    pub name: String,
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// The whole kernel command line.
+    pub cmdline: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// How to execute the guest.
+    pub accel: Accel,
+    /// A private directory for this VM's sockets and logs; it outlives the VM.
+    pub workdir: PathBuf,
+}
+
+/// What happens in a running VM, in the order the backend observed it. Console events and agent
+/// events come from different streams, so their relative order is only as good as the host's
+/// scheduling; the engine relies on neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmEvent {
+    /// A notable console line.
+    Console(ConsoleEvent),
+    /// The console stream ended: the VM process is going away.
+    ConsoleClosed,
+    /// The guest agent's channel is connected (not yet that the agent is up).
+    AgentConnected,
+    /// A message from the guest agent.
+    Agent(GuestMessage),
+    /// The agent channel carried something that is not a valid message; the VM is broken.
+    AgentError(String),
+    /// The agent channel closed.
+    AgentClosed,
+    /// The VM process reported a fatal fault of its own (e.g. QEMU's "KVM internal error"):
+    /// the guest is stopped and will not go on.
+    Fault(String),
+    /// The run was cancelled from outside (Ctrl-C).
+    Cancelled,
+}
+
+/// Why a backend could not start a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend's program is not installed.
+    #[error("{program} not found; install it (Debian: apt-get install {package})")]
+    NotInstalled {
+        /// The program.
+        program: String,
+        /// The Debian package that provides it.
+        package: String,
+    },
+    /// Spawning or wiring up the VM process failed.
+    #[error("failed to start the vm process")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Starts VMs.
+pub trait Backend: Send + Sync {
+    /// The backend's name ("qemu").
+    fn name(&self) -> &'static str;
+
+    /// Starts the VM. Events go to `events` until the VM is gone; the last console event is
+    /// [`VmEvent::ConsoleClosed`].
+    fn launch(
+        &self,
+        spec: &VmSpec,
+        events: Sender<VmEvent>,
+    ) -> Result<Box<dyn Machine>, BackendError>;
+}
+
+/// A launched VM.
+pub trait Machine: Send {
+    /// The last console lines.
+    fn console_tail(&self) -> Vec<String>;
+
+    /// What the VM process itself said (e.g. QEMU's stderr), trimmed.
+    fn diagnostics(&self) -> String;
+
+    /// The VM process's id.
+    fn pid(&self) -> u32;
+
+    /// Kills the VM process at once (idempotent).
+    fn kill(&mut self);
+
+    /// Waits for the VM process to end and returns its exit code (None: killed by a signal).
+    fn wait(&mut self) -> Option<i32>;
+}
