@@ -4,6 +4,11 @@
 //! They need QEMU. Without it they skip and say so; with `LAB_E2E=1` (CI) a missing
 //! prerequisite is a failure instead, so CI never passes by skipping.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -299,39 +304,25 @@ fn missing_garbage_and_unknown_kernels_are_named() {
         return;
     }
     let s = Scratch::new();
-    let out = s.run(&["boot", "-k", "/nonexistent/bzImage", "--", "true"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("kernel file /nonexistent/bzImage not found"),
-        "{}",
-        stderr(&out)
-    );
-
     let garbage = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(garbage.path(), b"this is not a kernel\n".repeat(100)).unwrap();
-    let out = s.run(&[
-        "boot",
-        "-k",
-        &garbage.path().display().to_string(),
-        "--",
-        "true",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("not a Linux kernel image"),
-        "{}",
-        stderr(&out)
-    );
-
-    let out = s.run(&["boot", "-k", "debian-2.4", "--", "true"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("unknown kernel 'debian-2.4'"),
-        "{}",
-        stderr(&out)
-    );
-    for o in [&out] {
-        assert_eq!(stderr(o).lines().count(), 1, "one line: {}", stderr(o));
+    let garbage = garbage.path().display().to_string();
+    for (kernel, want) in [
+        (
+            "/nonexistent/bzImage",
+            "kernel file /nonexistent/bzImage not found".to_string(),
+        ),
+        (
+            garbage.as_str(),
+            format!("{garbage} is not a bootable kernel"),
+        ),
+        ("debian-2.4", "unknown kernel 'debian-2.4'".to_string()),
+    ] {
+        let out = s.run(&["boot", "-k", kernel, "--", "true"]);
+        assert_eq!(out.status.code(), Some(2), "{kernel}");
+        let err = stderr(&out);
+        assert!(err.contains(&want), "{want:?} not in {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
     }
 }
 

@@ -500,7 +500,7 @@ pub(crate) fn fake_ko(info: &[&str]) -> Vec<u8> {
     elf.extend_from_slice(&modinfo);
     let str_off = elf.len();
     elf.extend_from_slice(shstrtab);
-    while elf.len() % 8 != 0 {
+    while !elf.len().is_multiple_of(8) {
         elf.push(0);
     }
     let shoff = elf.len();

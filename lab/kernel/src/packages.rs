@@ -22,11 +22,14 @@ pub enum PackageError {
         package: &'static str,
     },
     /// apt knows no such package.
-    #[error("apt knows no package {package}; run `apt-get update` (as root) first")]
+    #[error("apt knows no package {package}")]
     Unknown {
         /// The package.
         package: String,
     },
+    /// apt has no package lists at all.
+    #[error("apt has no package lists: run `apt-get update` (as root) once")]
+    NoLists,
     /// A command failed.
     #[error("`{command}` failed: {stderr_tail}")]
     Command {
@@ -85,8 +88,22 @@ fn run(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether apt has any package lists (`apt-cache show` finds nothing before `apt-get update`).
+fn apt_has_lists() -> bool {
+    std::fs::read_dir("/var/lib/apt/lists")
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+        })
+        .unwrap_or(false)
+}
+
 /// The candidate version of `package` (`apt-cache show --no-all-versions`).
 pub fn candidate(package: &str) -> Result<PackageVersion, PackageError> {
+    if !apt_has_lists() {
+        return Err(PackageError::NoLists);
+    }
     let text = run(
         Command::new("apt-cache").args(["show", "--no-all-versions", package]),
         "apt-cache",
@@ -136,7 +153,8 @@ pub fn deb_file_name(pv: &PackageVersion) -> String {
     )
 }
 
-/// Downloads `pv` into the cache (reused when present) and returns the `.deb`.
+/// Downloads `pv` into the cache (reused when present) and returns the `.deb`. The download
+/// lands in a staging directory first, so an interrupted one is never mistaken for a package.
 pub fn download(
     cache: &Cache,
     pv: &PackageVersion,
@@ -144,30 +162,38 @@ pub fn download(
 ) -> Result<PathBuf, PackageError> {
     let dir = cache.debs_dir()?;
     let _lock = cache.lock(&format!("deb-{}", pv.package))?;
-    let want = dir.join(deb_file_name(pv));
-    if want.is_file() {
-        return Ok(want);
+    let names = [
+        deb_file_name(pv),
+        // Architecture-independent packages (linux-source) are `_all.deb`.
+        deb_file_name(pv).replace("_amd64.deb", "_all.deb"),
+    ];
+    if let Some(found) = names.iter().map(|n| dir.join(n)).find(|p| p.is_file()) {
+        return Ok(found);
     }
     progress(&format!("downloading {} {}", pv.package, pv.version));
+    let staging = cache.staging("deb-")?;
     run(
         Command::new("apt-get")
             .args(["download", "-q"])
             .arg(format!("{}={}", pv.package, pv.version))
-            .current_dir(&dir),
+            .current_dir(staging.path()),
         "apt-get",
         "apt",
     )?;
-    if want.is_file() {
-        return Ok(want);
-    }
-    // Architecture-independent packages (linux-source) are `_all.deb`.
-    let all = dir.join(deb_file_name(pv).replace("_amd64.deb", "_all.deb"));
-    if all.is_file() {
-        return Ok(all);
+    for name in &names {
+        let got = staging.path().join(name);
+        if got.is_file() {
+            let dest = dir.join(name);
+            std::fs::rename(&got, &dest).map_err(|source| PackageError::Io {
+                path: dest.clone(),
+                source,
+            })?;
+            return Ok(dest);
+        }
     }
     Err(PackageError::Command {
         command: format!("apt-get download {}={}", pv.package, pv.version),
-        stderr_tail: format!("no {} after download", want.display()),
+        stderr_tail: format!("no {} after download", names[0]),
     })
 }
 
