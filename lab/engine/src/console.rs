@@ -121,7 +121,7 @@ mod tests {
         s.feed(&vec![b'x'; 10 * MAX_LINE]);
         let tail = s.tail();
         assert_eq!(tail.len(), TAIL_LINES + 1);
-        assert_eq!(tail[0], "line 61");
+        assert_eq!(tail[0], "line 60");
         assert_eq!(tail[TAIL_LINES].len(), MAX_LINE);
     }
 }

@@ -94,7 +94,7 @@ fn apt_has_lists() -> bool {
         .map(|entries| {
             entries
                 .flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+                .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
         })
         .unwrap_or(false)
 }
@@ -211,13 +211,39 @@ pub fn extract(deb: &Path, dest: &Path) -> Result<(), PackageError> {
     Ok(())
 }
 
-/// The candidate of `package`, downloaded and extracted into `<cache>/pkgs/<package>-<version>`
-/// (reused when present). Returns that directory.
+/// The newest complete extraction of `package` already in the cache.
+fn extracted(cache: &Cache, package: &str) -> Result<Option<PathBuf>, PackageError> {
+    let dir = cache.pkgs_dir()?;
+    let prefix = format!("{package}-");
+    let newest = std::fs::read_dir(&dir)
+        .map_err(|source| PackageError::Io {
+            path: dir.clone(),
+            source,
+        })?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .filter(|p| p.join(".complete").is_file())
+        .max_by_key(|p| {
+            p.join(".complete")
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+        });
+    Ok(newest)
+}
+
+/// `package` extracted into `<cache>/pkgs/<package>-<version>`: an extraction already in the
+/// cache is used as is (no apt query, works offline); otherwise apt's candidate is downloaded
+/// and extracted. Returns that directory.
 pub fn fetch_extracted(
     cache: &Cache,
     package: &str,
     progress: Progress<'_>,
 ) -> Result<PathBuf, PackageError> {
+    if let Some(dir) = extracted(cache, package)? {
+        return Ok(dir);
+    }
     let pv = candidate(package)?;
     let name = format!("{}-{}", pv.package, pv.version.replace(':', "_"));
     let dest = cache.pkgs_dir()?.join(&name);
