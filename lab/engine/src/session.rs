@@ -260,12 +260,18 @@ pub fn run(
     cancel: &Cancel,
     observer: &mut dyn FnMut(SessionEvent<'_>),
 ) -> Result<JobReport, SessionError> {
+    let boot = Boot {
+        backend,
+        name,
+        kernel,
+        initrd,
+        opts,
+        cancel,
+    };
     let attempts = opts.boot_attempts.max(1);
     let mut attempt = 1;
     loop {
-        match attempt_once(
-            backend, name, kernel, initrd, opts, cancel, observer, attempt,
-        ) {
+        match attempt_once(&boot, observer, attempt) {
             Err(SessionError::BootTimeout { after, tail, .. }) if attempt < attempts => {
                 observer(SessionEvent::Retrying {
                     reason: format!(
@@ -307,17 +313,29 @@ enum Phase {
     Ending,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every attempt of one boot shares.
+struct Boot<'a> {
+    backend: &'a dyn Backend,
+    name: &'a str,
+    kernel: &'a Path,
+    initrd: &'a Path,
+    opts: &'a BootOptions,
+    cancel: &'a Cancel,
+}
+
 fn attempt_once(
-    backend: &dyn Backend,
-    name: &str,
-    kernel: &Path,
-    initrd: &Path,
-    opts: &BootOptions,
-    cancel: &Cancel,
+    boot: &Boot<'_>,
     observer: &mut dyn FnMut(SessionEvent<'_>),
     attempt: u32,
 ) -> Result<JobReport, SessionError> {
+    let Boot {
+        backend,
+        name,
+        kernel,
+        initrd,
+        opts,
+        cancel,
+    } = *boot;
     let workdir = tempfile::Builder::new()
         .prefix("lab-vm-")
         .tempdir_in(runtime_dir())
