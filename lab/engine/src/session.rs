@@ -622,3 +622,317 @@ fn decide(d: Decided) -> Result<JobReport, SessionError> {
     }
     Err(SessionError::AgentLost { vm, tail })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::{Machine, VmSpec};
+    use lab_proto::Marker;
+    use std::sync::mpsc::Sender;
+    use std::sync::{Arc, Mutex};
+
+    /// A backend whose VMs play back scripted events, one script per launch.
+    struct Scripted {
+        scripts: Mutex<Vec<Vec<VmEvent>>>,
+        launches: Arc<Mutex<u32>>,
+    }
+
+    struct FakeMachine {
+        killed: bool,
+    }
+
+    impl Machine for FakeMachine {
+        fn console_tail(&self) -> Vec<String> {
+            vec!["last console line".into()]
+        }
+        fn diagnostics(&self) -> String {
+            "qemu: something went wrong\nmore".into()
+        }
+        fn pid(&self) -> u32 {
+            4242
+        }
+        fn kill(&mut self) {
+            self.killed = true;
+        }
+        fn wait(&mut self) -> Option<i32> {
+            Some(0)
+        }
+    }
+
+    impl Backend for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn launch(
+            &self,
+            _spec: &VmSpec,
+            events: Sender<VmEvent>,
+        ) -> Result<Box<dyn Machine>, BackendError> {
+            *self.launches.lock().unwrap() += 1;
+            let script = self.scripts.lock().unwrap().remove(0);
+            for e in script {
+                events.send(e).unwrap();
+            }
+            // A script without ConsoleClosed leaves the VM silent: the session keeps a sender
+            // (its cancel registration), so only its deadlines end it.
+            Ok(Box::new(FakeMachine { killed: false }))
+        }
+    }
+
+    fn hello() -> VmEvent {
+        VmEvent::Agent(GuestMessage::Hello {
+            proto: PROTO_VERSION,
+            agent_version: "0.1.0".into(),
+            kernel_release: "6.1.0-test".into(),
+            features: vec![],
+        })
+    }
+
+    fn exit(code: i32) -> VmEvent {
+        VmEvent::Agent(GuestMessage::Exit {
+            status: ExitStatus::Code(code),
+            wall_us: 5,
+            user_us: 1,
+            sys_us: 2,
+            max_rss_kib: 3,
+        })
+    }
+
+    fn boot(
+        scripts: Vec<Vec<VmEvent>>,
+        opts: BootOptions,
+    ) -> (Result<JobReport, SessionError>, Vec<String>, u32) {
+        let launches = Arc::new(Mutex::new(0));
+        let backend = Scripted {
+            scripts: Mutex::new(scripts),
+            launches: launches.clone(),
+        };
+        let mut seen = Vec::new();
+        let result = run(
+            &backend,
+            "fake",
+            Path::new("/k"),
+            Path::new("/i"),
+            &opts,
+            &Cancel::new(),
+            &mut |e| seen.push(format!("{e:?}")),
+        );
+        let n = *launches.lock().unwrap();
+        (result, seen, n)
+    }
+
+    fn quick() -> BootOptions {
+        BootOptions {
+            boot_timeout: Duration::from_millis(200),
+            run_timeout: Some(Duration::from_millis(200)),
+            boot_attempts: 1,
+            ..BootOptions::default()
+        }
+    }
+
+    #[test]
+    fn a_clean_run_reports_the_exit_and_streams_output() {
+        let script = vec![
+            hello(),
+            VmEvent::Agent(GuestMessage::Output {
+                stream: Stream::Stdout,
+                data: b"hi\n".to_vec(),
+            }),
+            exit(3),
+            VmEvent::ConsoleClosed,
+        ];
+        let (result, seen, _) = boot(vec![script], quick());
+        let report = result.unwrap();
+        assert_eq!(report.status, ExitStatus::Code(3));
+        assert_eq!(report.kernel_release, "6.1.0-test");
+        assert_eq!(report.job_cpu, Duration::from_micros(3));
+        assert!(
+            seen.iter()
+                .any(|e| e.contains("Output(Stdout, [104, 105, 10])")),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn an_exit_wins_over_a_panic_while_going_down() {
+        let script = vec![
+            hello(),
+            exit(0),
+            VmEvent::Console(ConsoleEvent::Panic("late".into())),
+            VmEvent::ConsoleClosed,
+        ];
+        assert!(boot(vec![script], quick()).0.is_ok());
+    }
+
+    #[test]
+    fn a_panic_before_the_exit_is_a_vm_failure_with_its_tail() {
+        let script = vec![
+            hello(),
+            VmEvent::Console(ConsoleEvent::Panic("sysrq triggered crash".into())),
+            VmEvent::ConsoleClosed,
+        ];
+        match boot(vec![script], quick()).0 {
+            Err(e @ SessionError::Panic { .. }) => {
+                assert_eq!(
+                    e.to_string(),
+                    "vm fake: kernel panic: sysrq triggered crash"
+                );
+                assert_eq!(e.console_tail(), ["last console line"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_vm_that_ends_before_ready_names_what_the_vm_process_said() {
+        match boot(vec![vec![VmEvent::ConsoleClosed]], quick()).0 {
+            Err(e @ SessionError::NeverReady { .. }) => assert_eq!(
+                e.to_string(),
+                "vm fake: exited before the guest agent was ready: qemu: something went wrong"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_agent_lost_after_ready_is_not_a_never_ready() {
+        let script = vec![hello(), VmEvent::ConsoleClosed];
+        assert!(matches!(
+            boot(vec![script], quick()).0,
+            Err(SessionError::AgentLost { .. })
+        ));
+    }
+
+    #[test]
+    fn stalled_boots_are_retried_then_reported() {
+        // Each script leaves the VM silent (no ConsoleClosed), so the boot deadline fires.
+        let opts = BootOptions {
+            boot_attempts: 2,
+            ..quick()
+        };
+        let (result, seen, launches) = boot(vec![vec![], vec![]], opts);
+        assert_eq!(launches, 2);
+        assert!(seen.iter().any(|e| e.starts_with("Retrying")), "{seen:?}");
+        match result {
+            Err(SessionError::BootTimeout { attempts, .. }) => assert_eq!(attempts, 2),
+            other => panic!("{other:?}"),
+        }
+        let (result, _, launches) = boot(
+            vec![vec![], vec![hello(), exit(0), VmEvent::ConsoleClosed]],
+            BootOptions {
+                boot_attempts: 2,
+                ..quick()
+            },
+        );
+        assert_eq!(launches, 2);
+        assert_eq!(result.unwrap().attempts, 2);
+    }
+
+    #[test]
+    fn a_job_past_its_timeout_is_a_run_timeout() {
+        let script = vec![VmEvent::Console(ConsoleEvent::Marker(Marker::Ready {
+            agent: "0.1.0".into(),
+            kernel: "k".into(),
+        }))];
+        assert!(matches!(
+            boot(vec![script], quick()).0,
+            Err(SessionError::RunTimeout { .. })
+        ));
+    }
+
+    #[test]
+    fn hostile_or_stale_guests_break_only_their_session() {
+        for (script, want) in [
+            (
+                vec![VmEvent::Agent(GuestMessage::Output {
+                    stream: Stream::Stdout,
+                    data: vec![1],
+                })],
+                "output before hello",
+            ),
+            (
+                vec![VmEvent::AgentError("bad frame magic".into())],
+                "bad frame magic",
+            ),
+            (
+                vec![VmEvent::Agent(GuestMessage::Hello {
+                    proto: 9,
+                    agent_version: "9".into(),
+                    kernel_release: "k".into(),
+                    features: vec![],
+                })],
+                "protocol 9",
+            ),
+            (
+                vec![VmEvent::Console(ConsoleEvent::Marker(
+                    Marker::OtherVersion("2".into()),
+                ))],
+                "marker version 2",
+            ),
+        ] {
+            match boot(vec![script], quick()).0 {
+                Err(e @ SessionError::Protocol { .. }) => {
+                    assert!(e.to_string().contains(want), "{e} lacks {want}")
+                }
+                other => panic!("{want}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn faults_and_guest_init_failures_are_named() {
+        let script = vec![VmEvent::Fault("KVM internal error. Suberror: 1".into())];
+        match boot(vec![script], quick()).0 {
+            Err(e @ SessionError::Fault { .. }) => {
+                assert!(e.to_string().contains("KVM internal error"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let script = vec![
+            VmEvent::Console(ConsoleEvent::Marker(Marker::Failed {
+                stage: "channel".into(),
+                message: "cannot open /dev/ttyS1".into(),
+            })),
+            VmEvent::ConsoleClosed,
+        ];
+        match boot(vec![script], quick()).0 {
+            Err(e @ SessionError::AgentFailed { .. }) => assert_eq!(
+                e.to_string(),
+                "vm fake: guest-init failed at channel: cannot open /dev/ttyS1"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cancellation_ends_the_session_at_once() {
+        let cancel = Cancel::new();
+        cancel.cancel();
+        let backend = Scripted {
+            scripts: Mutex::new(vec![vec![hello()]]),
+            launches: Arc::new(Mutex::new(0)),
+        };
+        let opts = BootOptions {
+            run_timeout: None,
+            ..quick()
+        };
+        let result = run(
+            &backend,
+            "fake",
+            Path::new("/k"),
+            Path::new("/i"),
+            &opts,
+            &cancel,
+            &mut |_| {},
+        );
+        assert!(matches!(result, Err(SessionError::Cancelled { .. })));
+    }
+
+    #[test]
+    fn the_command_line_carries_the_channel_and_extra_words() {
+        let c = cmdline(&["loglevel=8".into()]);
+        assert!(c.starts_with("console=ttyS0 panic=-1"), "{c}");
+        assert!(c.contains("lab.channel=/dev/ttyS1"), "{c}");
+        assert!(c.ends_with(" loglevel=8"), "{c}");
+    }
+}
