@@ -360,6 +360,45 @@ fn an_interrupted_run_tears_its_vm_down() {
 }
 
 #[test]
+fn a_killed_lab_takes_its_vm_along_and_the_next_run_sweeps_its_files() {
+    if !can_boot() {
+        return;
+    }
+    let s = Scratch::new();
+    let mut child = s
+        .lab()
+        .args(["boot", "--", "sleep", "1000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let needle = s.dir.path().to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while processes_mentioning(&needle)
+        .iter()
+        .all(|p| !p.contains("qemu"))
+    {
+        assert!(Instant::now() < deadline, "vm never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.kill().unwrap(); // SIGKILL: lab runs no cleanup at all
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&needle).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the vm outlived lab: {:?}",
+            processes_mentioning(&needle)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = std::fs::read_dir(s.dir.path()).unwrap().count();
+    assert!(left > 0, "SIGKILL leaves the scratch directories behind");
+    // Any later run sweeps them (here one that fails fast on a missing kernel).
+    s.run(&["boot", "-k", "/nonexistent/bzImage", "--", "true"]);
+}
+
+#[test]
 fn the_smoke_suite_passes_on_the_default_kernel() {
     if !can_boot() {
         return;

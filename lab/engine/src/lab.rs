@@ -13,6 +13,7 @@ use lab_proto::Job;
 use crate::accel::{self, AccelChoice, AccelRequest, KvmAccess, Verdict, Verdicts};
 use crate::cancel::Cancel;
 use crate::guest::{self, ExtraFile, GuestError, Userland};
+use crate::scratch;
 use crate::session::{self, BootOptions, JobReport, SessionError, SessionEvent};
 use crate::vm::{Accel, Backend};
 
@@ -64,7 +65,9 @@ pub struct Prepared {
 
 impl Lab {
     /// A lab over `cache` running VMs with `backend`; `guest_init` is the static agent binary.
+    /// Scratch directories that an earlier, killed lab left behind are swept.
     pub fn new(cache: Cache, backend: Box<dyn Backend>, guest_init: &'static [u8]) -> Self {
+        scratch::sweep(&scratch::base_dir());
         Self {
             cache,
             backend,
@@ -124,9 +127,7 @@ impl Lab {
         cancel: &Cancel,
         observer: &mut dyn FnMut(SessionEvent<'_>),
     ) -> Result<JobReport, RunError> {
-        let scratch = tempfile::Builder::new()
-            .prefix("lab-job-")
-            .tempdir()
+        let scratch = scratch::create(&scratch::base_dir(), "job")
             .map_err(|e| RunError::Prepare(LabError::Scratch(e)))?;
         let image = scratch.path().join("initrd.cpio");
         guest::job_image(&prepared.base_image, job, &image)

@@ -8,5 +8,6 @@ pub mod console;
 pub mod guest;
 pub mod lab;
 pub mod qemu;
+pub mod scratch;
 pub mod session;
 pub mod vm;

@@ -3,7 +3,7 @@
 //! report or an error that names the VM's failure (panic, timeout, agent lost) with the console
 //! tail attached.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use lab_proto::{ExitStatus, GuestMessage, Marker, Stream, PROTO_VERSION};
 
 use crate::cancel::Cancel;
 use crate::console::ConsoleEvent;
+use crate::scratch;
 use crate::vm::{Accel, Backend, BackendError, VmEvent, VmSpec};
 
 /// How long a VM may take to power off after its job ended before it is killed.
@@ -296,15 +297,6 @@ pub fn run(
     }
 }
 
-/// Where per-VM work directories go: `$XDG_RUNTIME_DIR` (short paths for Unix sockets), else
-/// the system temp dir.
-fn runtime_dir() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir)
-}
-
 /// What the event loop is waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -336,10 +328,7 @@ fn attempt_once(
         opts,
         cancel,
     } = *boot;
-    let workdir = tempfile::Builder::new()
-        .prefix("lab-vm-")
-        .tempdir_in(runtime_dir())
-        .map_err(SessionError::Workdir)?;
+    let workdir = scratch::create(&scratch::base_dir(), "vm").map_err(SessionError::Workdir)?;
     let spec = VmSpec {
         name: name.to_string(),
         kernel: kernel.to_path_buf(),
