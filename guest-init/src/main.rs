@@ -1,22 +1,25 @@
 //! guest-init: the lab's PID 1 inside every guest. It mounts the usual file systems, loads the
-//! modules the initramfs carries, announces itself on the console, runs its job with the output
-//! streamed to lab over the agent channel, reports the exit status, and powers the VM off.
+//! modules the initramfs carries, announces itself on the console, and then either runs the job
+//! it was booted with or serves lab's requests (exec, put, get, kill) over the agent channel,
+//! with output streamed as it happens, until lab asks it to power the VM off.
 //!
 //! A failure of guest-init itself is reported as such (a `failed` marker and a `Failure`
 //! message), never as the job's exit status, so that lab can tell a broken VM from a failing
 //! test.
 
+mod agent;
 mod channel;
-mod job;
+mod exec;
 mod modules;
 mod mounts;
+mod reaper;
 mod sys;
 
 use std::io::Write;
 
 use lab_proto::{GuestMessage, Job, Marker, PROTO_VERSION};
 
-use channel::Channel;
+use channel::Sender;
 
 /// A failed step of guest-init.
 struct Failure {
@@ -65,42 +68,49 @@ fn main() {
             }
             .render(),
         );
-        if let Some(ch) = channel.as_mut() {
-            let _ = ch.send(&GuestMessage::Failure {
+        if let Some(out) = channel.as_ref() {
+            let _ = out.send(&GuestMessage::Failure {
                 stage: f.stage.into(),
                 message: f.message,
             });
         }
     }
-    if let Some(ch) = &channel {
-        ch.drain();
+    if let Some(out) = &channel {
+        out.drain();
     }
     power_off();
 }
 
-fn run(channel: &mut Option<Channel>) -> Result<(), Failure> {
+fn run(channel: &mut Option<Sender>) -> Result<(), Failure> {
     let mount_notes = mounts::mount_all().map_err(|e| fail("mount", e))?;
     if !sys::fd_is_open(1) || !sys::fd_is_open(2) {
         sys::reopen_console().map_err(|e| fail("console", e))?;
     }
     let release = sys::kernel_release();
     let module_notes = modules::load_all(&release);
+    let reaper = reaper::Reaper::start().map_err(|e| fail("reaper", e))?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let channel_path =
         param(&cmdline, "lab.channel").unwrap_or(lab_proto::DEFAULT_CHANNEL.to_string());
-    let ch = Channel::open(&channel_path)
+    let (input, out) = channel::open(&channel_path)
         .map_err(|e| fail("channel", format!("cannot open {channel_path}: {e}")))?;
-    let ch = channel.insert(ch);
+    let out = channel.insert(out);
     let agent_version = env!("CARGO_PKG_VERSION").to_string();
-    ch.send(&GuestMessage::Hello {
+    out.send(&GuestMessage::Hello {
         proto: PROTO_VERSION,
         agent_version: agent_version.clone(),
         kernel_release: release.clone(),
-        features: vec!["exec".into()],
+        features: vec![
+            "exec".into(),
+            "put".into(),
+            "get".into(),
+            "kill".into(),
+            "heartbeat".into(),
+        ],
     })
     .map_err(|e| fail("channel", e))?;
     for note in mount_notes.iter().chain(&module_notes) {
-        ch.send(&GuestMessage::Log { line: note.clone() })
+        out.send(&GuestMessage::Log { line: note.clone() })
             .map_err(|e| fail("channel", e))?;
     }
     console(
@@ -111,33 +121,30 @@ fn run(channel: &mut Option<Channel>) -> Result<(), Failure> {
         .render(),
     );
 
-    let job = load_job()?;
-    match job::run(&job, ch).map_err(|e| fail("job", e))? {
-        job::Outcome::Finished(status) | job::Outcome::NotStarted(status) => {
-            console(&Marker::Exit(status).render())
-        }
+    // A job given at boot (a file in the initramfs, or words after `--` on the command line)
+    // runs once as exec 0 and the VM ends; otherwise the agent serves lab's requests.
+    if let Some(job) = boot_job()? {
+        let status = exec::run(0, &job, out, &reaper, &exec::Running::default())
+            .map_err(|e| fail("job", e))?;
+        console(&Marker::Exit(status).render());
+        return Ok(());
     }
-    Ok(())
+    match agent::serve(input, out, &reaper) {
+        agent::End::Shutdown => Ok(()),
+        agent::End::ChannelClosed(why) => Err(fail("channel", format!("lab went away: {why}"))),
+    }
 }
 
-/// The job: the file in the initramfs, else the words after `--` on the kernel command line.
-fn load_job() -> Result<Job, Failure> {
+/// The job given at boot: the file in the initramfs, else the words after `--` on the kernel
+/// command line; none means serve requests.
+fn boot_job() -> Result<Option<Job>, Failure> {
     match std::fs::read(lab_proto::JOB_PATH) {
-        Ok(bytes) => {
-            Job::decode(&bytes).map_err(|e| fail("job", format!("{}: {e}", lab_proto::JOB_PATH)))
-        }
+        Ok(bytes) => Job::decode(&bytes)
+            .map(Some)
+            .map_err(|e| fail("job", format!("{}: {e}", lab_proto::JOB_PATH))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let argv: Vec<String> = std::env::args().skip(1).collect();
-            if argv.is_empty() {
-                return Err(fail(
-                    "job",
-                    format!(
-                        "no job: neither {} nor a command after -- on the kernel command line",
-                        lab_proto::JOB_PATH
-                    ),
-                ));
-            }
-            Ok(Job::new(argv))
+            Ok((!argv.is_empty()).then(|| Job::new(argv)))
         }
         Err(e) => Err(fail(
             "job",

@@ -138,38 +138,28 @@ fn timeval_us(t: libc::timeval) -> u64 {
     u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec).unwrap_or(0)
 }
 
-/// `wait4(2)` for `pid`, blocking.
-pub fn wait4(pid: libc::pid_t) -> io::Result<Reaped> {
+/// `wait4(-1)`: blocks until any child exits and reaps it. `Ok(None)` when there are no children.
+pub fn wait_any() -> io::Result<Option<(libc::pid_t, Reaped)>> {
     let mut status = 0;
     // SAFETY: rusage is plain old data; zeroed is valid and wait4 overwrites it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
         // SAFETY: `status` and `usage` are valid, writable and outlive the call.
-        let ret = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if ret >= 0 {
-            break;
+        let ret = unsafe { libc::wait4(-1, &mut status, 0, &mut usage) };
+        if ret > 0 {
+            let reaped = Reaped {
+                status,
+                user_us: timeval_us(usage.ru_utime),
+                sys_us: timeval_us(usage.ru_stime),
+                max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+            };
+            return Ok(Some((ret, reaped)));
         }
         let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-    Ok(Reaped {
-        status,
-        user_us: timeval_us(usage.ru_utime),
-        sys_us: timeval_us(usage.ru_stime),
-        max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
-    })
-}
-
-/// Reaps every exited child without blocking (orphans re-parented to PID 1).
-pub fn reap_orphans() {
-    loop {
-        let mut status = 0;
-        // SAFETY: `status` is valid and writable; WNOHANG never blocks.
-        let ret = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if ret <= 0 {
-            break;
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => return Ok(None),
+            _ => return Err(err),
         }
     }
 }
@@ -192,6 +182,16 @@ pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// The guest's uptime in milliseconds (CLOCK_BOOTTIME).
+pub fn uptime_ms() -> u64 {
+    // SAFETY: timespec is plain old data; zeroed is valid and clock_gettime overwrites it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is valid and writable; CLOCK_BOOTTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1000
+        + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000_000
 }
 
 /// Whether a path exists (a tiny helper for mount points).

@@ -57,6 +57,8 @@ struct Cli {
 enum Command {
     /// Boot a kernel, run one command in the guest, print its output, exit with its status.
     Boot(boot::BootArgs),
+    /// Boot a kernel once and run several shell commands in it, in order.
+    RunInVm(boot::RunInVmArgs),
     /// Run the bundled suites (the main job): boots the default kernel, fetching it on first use.
     Test(smoke::TestArgs),
     /// Check this host: /dev/kvm, QEMU, tools, cache; which backend and accelerator each kernel
@@ -133,6 +135,7 @@ impl VmArgs {
                 .flat_map(|w| w.split_whitespace().map(str::to_string))
                 .collect(),
             keep_workdir: self.keep_workdir,
+            ..BootOptions::default()
         }
     }
 }
@@ -175,6 +178,7 @@ fn main() -> ExitCode {
     install_signals(cancel.clone());
     let result = match cli.command {
         Command::Boot(args) => boot::run(&ui, &cancel, args),
+        Command::RunInVm(args) => boot::run_in_vm(&ui, &cancel, args),
         Command::Test(args) => smoke::run(&ui, &cancel, args),
         Command::Doctor(args) => doctor::run(&ui, args),
         Command::Kernel(cmd) => kernel::run(&ui, cmd),

@@ -99,7 +99,10 @@ pub fn run(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
                 .boot_options(*accel, Some(Duration::from_secs(args.timeout)));
             let job = Job::new(["/bin/sh", extra.guest.as_str()]);
             println!("# Subtest: {name}");
-            match crate::boot::run_streaming(ui, &lab, prepared, &job, &opts, cancel, true) {
+            let mut printer = crate::boot::Printer::new(ui, true);
+            let result = lab.run(prepared, &job, &opts, cancel, &mut |e| printer.event(e));
+            printer.finish();
+            match result.map_err(anyhow::Error::from) {
                 Ok(report) if report.status == ExitStatus::Code(0) => {
                     passed += 1;
                     println!("ok {n} - {name}");

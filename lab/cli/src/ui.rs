@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 
-use lab_engine::lab::{LabError, RunError};
+use lab_engine::lab::LabError;
 use lab_engine::session::SessionError;
 use lab_kernel::catalog::CatalogError;
 
@@ -57,22 +57,19 @@ impl Ui {
 }
 
 fn session_error(err: &anyhow::Error) -> Option<&SessionError> {
-    err.chain().find_map(|e| {
-        e.downcast_ref::<SessionError>()
-            .or_else(|| match e.downcast_ref::<RunError>() {
-                Some(RunError::Session(s)) => Some(s),
-                _ => None,
-            })
-    })
+    err.chain().find_map(|e| e.downcast_ref::<SessionError>())
 }
 
-/// The exit status for an error: bad input 2, a job timeout 124, a cancelled run 130, any other
-/// failure of the VM or the lab 69.
+/// The exit status for an error: bad input 2 (a kernel or file that is not there, a guest path
+/// the guest refuses), a job timeout 124, a cancelled run 130, any other failure of the VM or
+/// the lab 69.
 pub fn exit_code_of(err: &anyhow::Error) -> u8 {
     if let Some(s) = session_error(err) {
         return match s {
             SessionError::RunTimeout { .. } => exit::TIMED_OUT,
             SessionError::Cancelled { .. } => exit::INTERRUPTED,
+            // A put or get the guest refused (bad path, no such file): the user's input.
+            SessionError::Request { .. } => exit::USAGE,
             _ => exit::VM_FAILED,
         };
     }

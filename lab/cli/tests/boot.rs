@@ -424,3 +424,163 @@ fn doctor_explains_the_backend_choice() {
     assert!(text.contains("/dev/kvm"), "{text}");
     assert!(text.contains("backend qemu, accel "), "{text}");
 }
+
+fn put_get_round_trip_on(kernel: &str) {
+    let s = Scratch::new();
+    let data: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("blob");
+    std::fs::write(&src, &data).unwrap();
+    let back = dir.path().join("back");
+    let put = format!("{}:/root/in/blob", src.display());
+    let get = format!("/root/out/blob:{}", back.display());
+    let out = s.run(&[
+        "run-in-vm",
+        "-k",
+        kernel,
+        "--put",
+        &put,
+        "--get",
+        &get,
+        "-c",
+        "mkdir -p /root/out && cp /root/in/blob /root/out/blob && sha256sum /root/in/blob",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        data,
+        "byte-identical after put and get"
+    );
+    let want = Command::new("sha256sum").arg(&src).output().unwrap();
+    let want = stdout(&want).split_whitespace().next().unwrap().to_string();
+    assert!(
+        stdout(&out).starts_with(&want),
+        "the guest saw the same bytes"
+    );
+}
+
+#[test]
+fn files_put_into_the_debian_guest_come_back_byte_identical() {
+    if can_boot() {
+        put_get_round_trip_on("debian-6.1");
+    }
+}
+
+#[test]
+fn files_put_into_the_lab_config_guest_come_back_byte_identical() {
+    if can_boot() && installed("lab-6.1") {
+        put_get_round_trip_on("lab-6.1");
+    }
+}
+
+#[test]
+fn output_streams_live_and_in_order_while_the_command_runs() {
+    if !can_boot() {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let s = Scratch::new();
+    let mut child = s
+        .lab()
+        .args([
+            "boot",
+            "--",
+            "sh",
+            "-c",
+            "echo first; echo err-first >&2; sleep 4; echo second; echo err-second >&2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let errs = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| (Instant::now(), l))
+            .collect::<Vec<_>>()
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let first_at = Instant::now();
+    assert_eq!(first, "first");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first line arrived while the command still ran"
+    );
+    let second = lines.next().unwrap().unwrap();
+    let gap = first_at.elapsed();
+    assert_eq!(second, "second");
+    assert!(
+        gap >= Duration::from_secs(3),
+        "lines arrived as printed, {gap:?} apart, not at the end"
+    );
+    assert!(child.wait().unwrap().success());
+    let errs = errs.join().unwrap();
+    let e1 = errs
+        .iter()
+        .find(|(_, l)| l == "err-first")
+        .expect("err-first");
+    let e2 = errs
+        .iter()
+        .find(|(_, l)| l == "err-second")
+        .expect("err-second");
+    assert!(
+        e2.0.duration_since(e1.0) >= Duration::from_secs(3),
+        "stderr streams live too"
+    );
+    s.assert_clean();
+}
+
+#[test]
+fn one_booted_vm_runs_many_commands_in_order() {
+    if !can_boot() {
+        return;
+    }
+    let s = Scratch::new();
+    let out = s.run(&[
+        "run-in-vm",
+        "-c",
+        "echo one > /tmp/state",
+        "-c",
+        "cat /tmp/state; echo two",
+        "-c",
+        "exit 5",
+        "-c",
+        "echo never",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "the first failing status");
+    assert_eq!(
+        stdout(&out),
+        "one\ntwo\n",
+        "state carries over; nothing runs after a failure"
+    );
+    let out = s.run(&[
+        "run-in-vm",
+        "--keep-going",
+        "-c",
+        "exit 4",
+        "-c",
+        "echo after",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(stdout(&out), "after\n");
+}
+
+#[test]
+fn a_refused_put_or_get_is_bad_input_not_a_vm_failure() {
+    if !can_boot() {
+        return;
+    }
+    let s = Scratch::new();
+    let out = s.run(&["run-in-vm", "--get", "/no/such/file:/tmp/x", "-c", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("get /no/such/file failed in the guest"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,15 +1,12 @@
-//! Assembles what a guest boots with: the base initramfs (guest-init as /init, busybox, the
-//! kernel's modules, extra files), cached by content, and the per-job segment appended to it.
+//! Assembles what a guest boots with: the initramfs (guest-init as /init, busybox, the kernel's
+//! modules, extra files), cached by content. Jobs and files travel over the agent channel.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use lab_kernel::cache::Cache;
 use lab_kernel::catalog::Kernel;
-use lab_kernel::cpio;
 use lab_kernel::initramfs::{self, Compression, InitramfsError, Spec};
-use lab_proto::Job;
 
 /// Errors of assembling a guest image.
 #[derive(Debug, thiserror::Error)]
@@ -29,15 +26,6 @@ pub enum GuestError {
     /// A `--initrd-extra` argument is malformed.
     #[error("bad extra file '{0}': expected HOST_PATH or HOST_PATH:GUEST_PATH with an absolute guest path")]
     BadExtra(String),
-    /// Writing the per-job image failed.
-    #[error("failed to write the job image {}", path.display())]
-    Write {
-        /// The image.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// A host file to carry into the guest.
@@ -174,32 +162,6 @@ fn applets(busybox: &Path) -> Result<Vec<String>, GuestError> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| format!("/{}", l.trim()))
         .collect())
-}
-
-/// Writes `base` followed by a segment holding `job` to `out`: the kernel unpacks concatenated
-/// cpio archives in order, so the job rides along without rebuilding the base image.
-pub fn job_image(base: &Path, job: &Job, out: &Path) -> Result<(), GuestError> {
-    let err = |source| GuestError::Write {
-        path: out.to_path_buf(),
-        source,
-    };
-    std::fs::copy(base, out).map_err(err)?;
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(out)
-        .map_err(err)?;
-    let mut w = cpio::Writer::new(Vec::new());
-    w.dir("lab", 0o755).map_err(err)?;
-    w.file(
-        lab_proto::JOB_PATH.trim_start_matches('/'),
-        0o644,
-        &job.encode(),
-    )
-    .map_err(err)?;
-    let bytes = w.finish().map_err(err)?;
-    file.write_all(&bytes).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::accel::{self, AccelChoice, AccelRequest, KvmAccess, Verdict, Verdicts
 use crate::cancel::Cancel;
 use crate::guest::{self, ExtraFile, GuestError, Userland};
 use crate::scratch;
-use crate::session::{self, BootOptions, JobReport, SessionError, SessionEvent};
+use crate::session::{self, BootOptions, BootRequest, JobReport, SessionError, SessionEvent, Vm};
 use crate::vm::{Accel, Backend};
 
 /// Errors of preparing a boot (before any VM runs).
@@ -32,9 +32,6 @@ pub enum LabError {
     /// The guest image could not be assembled.
     #[error(transparent)]
     Guest(#[from] GuestError),
-    /// A scratch directory could not be made.
-    #[error("failed to create a scratch directory")]
-    Scratch(#[source] std::io::Error),
 }
 
 /// The lab: cache, backend and guest agent.
@@ -118,7 +115,7 @@ impl Lab {
         Ok(Prepared { kernel, base_image })
     }
 
-    /// Boots `prepared` and runs `job` in it.
+    /// Boots `prepared` and runs `job` in it with `opts.run_timeout`, then powers off.
     pub fn run(
         &self,
         prepared: &Prepared,
@@ -126,23 +123,38 @@ impl Lab {
         opts: &BootOptions,
         cancel: &Cancel,
         observer: &mut dyn FnMut(SessionEvent<'_>),
-    ) -> Result<JobReport, RunError> {
-        let scratch = scratch::create(&scratch::base_dir(), "job")
-            .map_err(|e| RunError::Prepare(LabError::Scratch(e)))?;
-        let image = scratch.path().join("initrd.cpio");
-        guest::job_image(&prepared.base_image, job, &image)
-            .map_err(|e| RunError::Prepare(LabError::Guest(e)))?;
-        let name = prepared.kernel.info.name.clone();
-        session::run(
-            self.backend.as_ref(),
-            &name,
-            &prepared.kernel.image_path(),
-            &image,
+    ) -> Result<JobReport, SessionError> {
+        let image = prepared.kernel.image_path();
+        session::run(&self.request(prepared, &image, opts, cancel), job, observer)
+    }
+
+    /// Boots `prepared` and returns the running VM, its agent ready for requests.
+    pub fn boot(
+        &self,
+        prepared: &Prepared,
+        opts: &BootOptions,
+        cancel: &Cancel,
+        observer: &mut dyn FnMut(SessionEvent<'_>),
+    ) -> Result<Vm, SessionError> {
+        let image = prepared.kernel.image_path();
+        Vm::boot(&self.request(prepared, &image, opts, cancel), observer)
+    }
+
+    fn request<'a>(
+        &'a self,
+        prepared: &'a Prepared,
+        image: &'a std::path::Path,
+        opts: &'a BootOptions,
+        cancel: &'a Cancel,
+    ) -> BootRequest<'a> {
+        BootRequest {
+            backend: self.backend.as_ref(),
+            name: &prepared.kernel.info.name,
+            kernel: image,
+            initrd: &prepared.base_image,
             opts,
             cancel,
-            observer,
-        )
-        .map_err(RunError::Session)
+        }
     }
 
     /// Chooses the accelerator for `prepared`, probing KVM with a real boot when the verdict is
@@ -226,15 +238,4 @@ impl Lab {
             probed_unix: catalog::now_unix(),
         }
     }
-}
-
-/// Errors of running a job.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// Preparing the job's image failed.
-    #[error(transparent)]
-    Prepare(LabError),
-    /// The VM failed.
-    #[error(transparent)]
-    Session(SessionError),
 }

@@ -12,7 +12,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use lab_proto::{read_frame, GuestMessage};
+use lab_proto::{read_frame, write_frame, FrameError, GuestMessage, HostMessage};
 
 use crate::console::ConsoleScanner;
 use crate::vm::{Accel, Backend, BackendError, Machine, VmEvent, VmSpec};
@@ -195,13 +195,16 @@ impl Backend for QemuBackend {
             let f = Box::new(move || read_stderr(stderr, &text, &events));
             threads.push(spawn(format!("{tag}-stderr"), f).map_err(BackendError::Spawn)?);
         }
+        let writer: AgentWriter = Arc::new(Mutex::new(None));
         {
-            let f = Box::new(move || read_agent(listener, &events));
+            let writer = writer.clone();
+            let f = Box::new(move || read_agent(listener, &writer, &events));
             threads.push(spawn(format!("{tag}-agent"), f).map_err(BackendError::Spawn)?);
         }
         Ok(Box::new(QemuMachine {
             child,
             socket,
+            writer,
             scanner,
             stderr: stderr_text,
             threads,
@@ -267,11 +270,17 @@ fn read_stderr(mut stderr: impl Read, text: &Mutex<String>, events: &Sender<VmEv
     }
 }
 
-fn read_agent(listener: UnixListener, events: &Sender<VmEvent>) {
+/// The writing end of the agent channel, once QEMU has connected.
+type AgentWriter = Arc<Mutex<Option<UnixStream>>>;
+
+fn read_agent(listener: UnixListener, writer: &AgentWriter, events: &Sender<VmEvent>) {
     let Ok((mut stream, _)) = listener.accept() else {
         return;
     };
     drop(listener);
+    if let (Ok(clone), Ok(mut slot)) = (stream.try_clone(), writer.lock()) {
+        *slot = Some(clone);
+    }
     // A connection without QEMU's chardev on the other end is the wake-up from `Drop`.
     let _ = events.send(VmEvent::AgentConnected);
     loop {
@@ -301,6 +310,7 @@ fn read_agent(listener: UnixListener, events: &Sender<VmEvent>) {
 struct QemuMachine {
     child: Child,
     socket: PathBuf,
+    writer: AgentWriter,
     scanner: Arc<Mutex<ConsoleScanner>>,
     stderr: Arc<Mutex<String>>,
     threads: Vec<JoinHandle<()>>,
@@ -321,6 +331,23 @@ impl Machine for QemuMachine {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    fn send(&mut self, msg: &HostMessage) -> std::io::Result<()> {
+        let mut slot = self
+            .writer
+            .lock()
+            .map_err(|_| std::io::Error::other("agent writer poisoned"))?;
+        let stream = slot.as_mut().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "agent channel not connected",
+            )
+        })?;
+        write_frame(stream, &msg.encode()).map_err(|e| match e {
+            FrameError::Io(e) => e,
+            other => std::io::Error::other(other.to_string()),
+        })
     }
 
     fn kill(&mut self) {

@@ -1,21 +1,37 @@
-//! One boot: launches a VM through a [`Backend`], waits for guest-init, streams the job's output
-//! to an observer, enforces the boot and run timeouts, and turns whatever happened into a job
-//! report or an error that names the VM's failure (panic, timeout, agent lost) with the console
-//! tail attached.
+//! A running VM and the conversation with its guest agent: [`Vm::boot`] launches a VM through a
+//! [`Backend`] and waits for guest-init's hello (retrying stalled boots); [`Vm::exec`],
+//! [`Vm::put`] and [`Vm::get`] run requests over the agent channel, streaming output to an
+//! observer; [`Vm::shutdown`] powers it off. One event loop per VM, with deadlines and no
+//! polling: console events (markers, panics), agent messages, VM faults and cancellation arrive
+//! on one channel. Whatever goes wrong is named — panic, boot or run timeout, agent lost or
+//! silent, protocol violation — with the console tail attached. A job that runs past its timeout
+//! is killed in the guest and the VM stays usable; anything else breaks only that VM.
 
-use std::path::Path;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use lab_proto::{ExitStatus, GuestMessage, Marker, Stream, PROTO_VERSION};
+use lab_proto::message::MAX_FILE_CHUNK;
+use lab_proto::{
+    ExitStatus, GuestMessage, HostMessage, Job, Marker, Stream, Usage, MARKER_VERSION,
+    PROTO_VERSION,
+};
+use sha2::{Digest, Sha256};
 
-use crate::cancel::Cancel;
+use crate::cancel::{Cancel, Registration};
 use crate::console::ConsoleEvent;
 use crate::scratch;
-use crate::vm::{Accel, Backend, BackendError, VmEvent, VmSpec};
+use crate::vm::{Accel, Backend, BackendError, Machine, VmEvent, VmSpec};
 
-/// How long a VM may take to power off after its job ended before it is killed.
+/// How long a VM may take to power off after it was asked to before it is killed.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a killed job may take to be reported before the agent counts as lost.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// How long the agent may stay silent (it sends a heartbeat every 2 s) before it counts as lost.
+/// Generous: a guest under emulation on a loaded host can stall for seconds.
+pub const AGENT_SILENCE: Duration = Duration::from_secs(30);
 
 /// What a boot should look like.
 #[derive(Debug, Clone)]
@@ -37,6 +53,8 @@ pub struct BootOptions {
     pub extra_cmdline: Vec<String>,
     /// Keep the VM's work directory (console log, sockets) instead of removing it.
     pub keep_workdir: bool,
+    /// How long the agent may stay silent before it counts as lost.
+    pub agent_silence: Duration,
 }
 
 impl Default for BootOptions {
@@ -50,6 +68,7 @@ impl Default for BootOptions {
             boot_attempts: 2,
             extra_cmdline: Vec::new(),
             keep_workdir: false,
+            agent_silence: AGENT_SILENCE,
         }
     }
 }
@@ -73,7 +92,7 @@ pub fn cmdline(extra: &[String]) -> String {
     words.join(" ")
 }
 
-/// Something the observer is told while a boot goes on.
+/// Something the observer is told while a VM boots and works.
 #[derive(Debug)]
 pub enum SessionEvent<'a> {
     /// A VM process started.
@@ -94,7 +113,7 @@ pub enum SessionEvent<'a> {
     },
     /// A diagnostic line from guest-init.
     Log(&'a str),
-    /// Job output.
+    /// Output of the exec in progress.
     Output(Stream, &'a [u8]),
     /// The boot stalled and is tried again.
     Retrying {
@@ -103,7 +122,16 @@ pub enum SessionEvent<'a> {
     },
 }
 
-/// How a finished job went.
+/// How an exec ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecReport {
+    /// Its exit.
+    pub status: ExitStatus,
+    /// What it used, as the guest measured it.
+    pub usage: Usage,
+}
+
+/// How a one-shot job (boot, exec, power off) went.
 #[derive(Debug, Clone)]
 pub struct JobReport {
     /// The job's exit.
@@ -126,7 +154,7 @@ pub struct JobReport {
     pub attempts: u32,
 }
 
-/// Why a boot produced no job result: the VM or the lab failed, not the job.
+/// Why a VM could not do what was asked: the VM or the lab failed, not the job.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     /// The per-VM work directory could not be made.
@@ -165,7 +193,7 @@ pub enum SessionError {
         /// The console's last lines.
         tail: Vec<String>,
     },
-    /// The job did not end in time.
+    /// The job did not end in time; it was killed and the VM is still usable.
     #[error("vm {vm}: job timed out after {after:?}")]
     RunTimeout {
         /// The VM.
@@ -185,11 +213,13 @@ pub enum SessionError {
         /// The console's last lines.
         tail: Vec<String>,
     },
-    /// The VM ended after guest-init announced itself but before the job's exit was reported.
-    #[error("vm {vm}: guest agent lost before the job finished")]
+    /// The agent went away: the VM ended, the channel broke, or it fell silent.
+    #[error("vm {vm}: guest agent lost: {detail}")]
     AgentLost {
         /// The VM.
         vm: String,
+        /// How.
+        detail: String,
         /// The console's last lines.
         tail: Vec<String>,
     },
@@ -225,6 +255,22 @@ pub enum SessionError {
         /// The console's last lines.
         tail: Vec<String>,
     },
+    /// A request failed in the guest (no such file, bad path); the VM is fine.
+    #[error("vm {vm}: {request} failed in the guest: {message}")]
+    Request {
+        /// The VM.
+        vm: String,
+        /// The request ("put /x", "get /y").
+        request: String,
+        /// The agent's words.
+        message: String,
+    },
+    /// The VM failed earlier and cannot serve requests any more.
+    #[error("vm {vm}: already failed")]
+    Dead {
+        /// The VM.
+        vm: String,
+    },
     /// The run was cancelled.
     #[error("vm {vm}: cancelled")]
     Cancelled {
@@ -250,384 +296,633 @@ impl SessionError {
     }
 }
 
-/// Boots `kernel` with `initrd` and runs the job baked into the initrd, telling `observer`
-/// what happens. Stalled boots are retried up to `opts.boot_attempts` times.
-pub fn run(
-    backend: &dyn Backend,
-    name: &str,
-    kernel: &Path,
-    initrd: &Path,
-    opts: &BootOptions,
-    cancel: &Cancel,
-    observer: &mut dyn FnMut(SessionEvent<'_>),
-) -> Result<JobReport, SessionError> {
-    let boot = Boot {
-        backend,
-        name,
-        kernel,
-        initrd,
-        opts,
-        cancel,
-    };
-    let attempts = opts.boot_attempts.max(1);
-    let mut attempt = 1;
-    loop {
-        match attempt_once(&boot, observer, attempt) {
-            Err(SessionError::BootTimeout { after, tail, .. }) if attempt < attempts => {
-                observer(SessionEvent::Retrying {
-                    reason: format!(
-                        "guest agent not ready after {after:?}; console: {}",
-                        tail.last().map(String::as_str).unwrap_or("(empty)")
-                    ),
-                });
-                attempt += 1;
-            }
-            Err(SessionError::BootTimeout {
-                vm, after, tail, ..
-            }) => {
-                return Err(SessionError::BootTimeout {
-                    vm,
-                    after,
-                    attempts: attempt,
-                    tail,
-                })
-            }
-            other => return other,
-        }
+/// What one wait on the event channel produced.
+enum Wait {
+    /// A message from the agent that a request may be waiting for.
+    Msg(GuestMessage),
+    /// The deadline passed.
+    Timeout,
+    /// The VM is gone (its console closed) with nothing worse seen.
+    Closed,
+}
+
+/// What the loop saw that decides how a VM's end is reported.
+#[derive(Default)]
+struct Seen {
+    panic: Option<String>,
+    failure: Option<(String, String)>,
+    ready: bool,
+}
+
+/// A running VM with its guest agent up.
+pub struct Vm {
+    name: String,
+    machine: Box<dyn Machine>,
+    events: Receiver<VmEvent>,
+    _registration: Registration,
+    workdir: Option<tempfile::TempDir>,
+    kept_workdir: Option<PathBuf>,
+    kernel_release: String,
+    agent_version: String,
+    launched: Instant,
+    boot_time: Duration,
+    attempts: u32,
+    next_id: u32,
+    last_heard: Instant,
+    seen: Seen,
+    dead: bool,
+    agent_silence: Duration,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("name", &self.name)
+            .field("pid", &self.machine.pid())
+            .field("kernel_release", &self.kernel_release)
+            .finish_non_exhaustive()
     }
 }
 
-/// What the event loop is waiting for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Booting,
-    Running,
-    Ending,
+/// What to boot, and how.
+#[derive(Clone, Copy)]
+pub struct BootRequest<'a> {
+    /// The backend that runs the VM.
+    pub backend: &'a dyn Backend,
+    /// A name for messages ("debian-6.1").
+    pub name: &'a str,
+    /// The kernel image.
+    pub kernel: &'a Path,
+    /// The initramfs.
+    pub initrd: &'a Path,
+    /// How.
+    pub opts: &'a BootOptions,
+    /// Cancels the boot and everything after it.
+    pub cancel: &'a Cancel,
 }
 
-/// What every attempt of one boot shares.
-struct Boot<'a> {
-    backend: &'a dyn Backend,
-    name: &'a str,
-    kernel: &'a Path,
-    initrd: &'a Path,
-    opts: &'a BootOptions,
-    cancel: &'a Cancel,
+impl std::fmt::Debug for BootRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootRequest")
+            .field("backend", &self.backend.name())
+            .field("name", &self.name)
+            .field("kernel", &self.kernel)
+            .field("initrd", &self.initrd)
+            .finish_non_exhaustive()
+    }
 }
 
-fn attempt_once(
-    boot: &Boot<'_>,
-    observer: &mut dyn FnMut(SessionEvent<'_>),
-    attempt: u32,
-) -> Result<JobReport, SessionError> {
-    let Boot {
-        backend,
-        name,
-        kernel,
-        initrd,
-        opts,
-        cancel,
-    } = *boot;
-    let workdir = scratch::create(&scratch::base_dir(), "vm").map_err(SessionError::Workdir)?;
-    let spec = VmSpec {
-        name: name.to_string(),
-        kernel: kernel.to_path_buf(),
-        initrd: initrd.to_path_buf(),
-        cmdline: cmdline(&opts.extra_cmdline),
-        cpus: opts.cpus,
-        memory_mib: opts.memory_mib,
-        accel: opts.accel,
-        workdir: workdir.path().to_path_buf(),
-    };
-    let (tx, rx) = mpsc::channel();
-    let _registration = cancel.register(tx.clone());
-    let launched = Instant::now();
-    let mut machine = backend
-        .launch(&spec, tx)
-        .map_err(|source| SessionError::Launch {
-            vm: name.to_string(),
-            source,
-        })?;
-    observer(SessionEvent::Launched {
-        attempt,
-        pid: machine.pid(),
-    });
-
-    let vm = name.to_string();
-    let mut phase = Phase::Booting;
-    let mut ready_at: Option<Instant> = None;
-    let mut hello: Option<(String, String)> = None;
-    let mut exit: Option<GuestMessage> = None;
-    let mut panic: Option<String> = None;
-    let mut failure: Option<(String, String)> = None;
-    let mut violation: Option<String> = None;
-    let mut fault: Option<String> = None;
-    let mut ending_since = launched;
-    let mut outcome_timeout: Option<SessionError> = None;
-
-    loop {
-        let deadline = match phase {
-            Phase::Booting => Some(launched + opts.boot_timeout),
-            Phase::Running => opts.run_timeout.and_then(|t| ready_at.map(|r| r + t)),
-            Phase::Ending => Some(ending_since + POWER_OFF_GRACE),
-        };
-        let event = match deadline {
-            Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
-                Ok(e) => e,
-                Err(RecvTimeoutError::Timeout) => {
-                    match phase {
-                        Phase::Booting => {
-                            outcome_timeout = Some(SessionError::BootTimeout {
-                                vm: vm.clone(),
-                                after: opts.boot_timeout,
-                                attempts: attempt,
-                                tail: Vec::new(),
-                            })
-                        }
-                        Phase::Running => {
-                            outcome_timeout = Some(SessionError::RunTimeout {
-                                vm: vm.clone(),
-                                after: opts.run_timeout.unwrap_or_default(),
-                                tail: Vec::new(),
-                            })
-                        }
-                        // The job is done; a VM that does not power off is simply killed.
-                        Phase::Ending => {}
-                    }
-                    break;
+impl Vm {
+    /// Boots `kernel` with `initrd` and waits for guest-init; stalled boots are retried up to
+    /// `opts.boot_attempts` times.
+    pub fn boot(
+        req: &BootRequest<'_>,
+        observer: &mut dyn FnMut(SessionEvent<'_>),
+    ) -> Result<Self, SessionError> {
+        let attempts = req.opts.boot_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            match Self::boot_once(req, observer, attempt) {
+                Err(SessionError::BootTimeout { after, tail, .. }) if attempt < attempts => {
+                    observer(SessionEvent::Retrying {
+                        reason: format!(
+                            "guest agent not ready after {after:?}; console: {}",
+                            tail.last().map(String::as_str).unwrap_or("(empty)")
+                        ),
+                    });
+                    attempt += 1;
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
-            },
-            None => match rx.recv() {
-                Ok(e) => e,
-                Err(_) => break,
-            },
+                other => return other,
+            }
+        }
+    }
+
+    fn boot_once(
+        req: &BootRequest<'_>,
+        observer: &mut dyn FnMut(SessionEvent<'_>),
+        attempt: u32,
+    ) -> Result<Self, SessionError> {
+        let BootRequest {
+            backend,
+            name,
+            kernel,
+            initrd,
+            opts,
+            cancel,
+        } = *req;
+        let workdir = scratch::create(&scratch::base_dir(), "vm").map_err(SessionError::Workdir)?;
+        let spec = VmSpec {
+            name: name.to_string(),
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
+            cmdline: cmdline(&opts.extra_cmdline),
+            cpus: opts.cpus,
+            memory_mib: opts.memory_mib,
+            accel: opts.accel,
+            workdir: workdir.path().to_path_buf(),
         };
-        match event {
-            VmEvent::Console(ConsoleEvent::Marker(Marker::Ready { .. })) => {
-                became_ready(&mut phase, &mut ready_at);
-            }
-            VmEvent::Console(ConsoleEvent::Marker(Marker::OtherVersion(v))) => {
-                violation = Some(format!(
-                    "guest-init speaks marker version {v}, lab speaks {PROTO_VERSION}: rebuild the initramfs"
-                ));
-                break;
-            }
-            VmEvent::Console(ConsoleEvent::Marker(Marker::Failed { stage, message })) => {
-                failure.get_or_insert((stage, message));
-                enter_ending(&mut phase, &mut ending_since);
-            }
-            VmEvent::Console(ConsoleEvent::Marker(Marker::Exit(_))) => {}
-            VmEvent::Console(ConsoleEvent::Panic(reason)) => {
-                panic.get_or_insert(reason);
-                enter_ending(&mut phase, &mut ending_since);
-            }
-            VmEvent::ConsoleClosed => break,
-            VmEvent::AgentConnected | VmEvent::AgentClosed => {}
-            VmEvent::Agent(GuestMessage::Hello {
+        let (tx, rx) = mpsc::channel();
+        let registration = cancel.register(tx.clone());
+        let launched = Instant::now();
+        let machine = backend
+            .launch(&spec, tx)
+            .map_err(|source| SessionError::Launch {
+                vm: name.to_string(),
+                source,
+            })?;
+        observer(SessionEvent::Launched {
+            attempt,
+            pid: machine.pid(),
+        });
+        let mut vm = Self {
+            name: name.to_string(),
+            machine,
+            events: rx,
+            _registration: registration,
+            workdir: Some(workdir),
+            kept_workdir: None,
+            kernel_release: String::new(),
+            agent_version: String::new(),
+            launched,
+            boot_time: Duration::ZERO,
+            attempts: attempt,
+            next_id: 0,
+            last_heard: launched,
+            seen: Seen::default(),
+            dead: false,
+            agent_silence: opts.agent_silence,
+        };
+        if opts.keep_workdir {
+            vm.kept_workdir = vm.workdir.take().map(tempfile::TempDir::keep);
+        }
+        let deadline = launched + opts.boot_timeout;
+        match vm.wait(Some(deadline), observer)? {
+            Wait::Msg(GuestMessage::Hello {
                 proto,
                 agent_version,
                 kernel_release,
                 ..
             }) => {
                 if proto != PROTO_VERSION {
-                    violation = Some(format!(
-                        "guest-init speaks protocol {proto}, lab speaks {PROTO_VERSION}"
-                    ));
-                    break;
+                    return Err(vm.fail_protocol(format!(
+                            "guest-init speaks protocol {proto}, lab speaks {PROTO_VERSION}: rebuild lab and its initramfs"
+                        )));
                 }
-                became_ready(&mut phase, &mut ready_at);
+                vm.seen.ready = true;
+                vm.boot_time = launched.elapsed();
+                vm.last_heard = Instant::now();
                 observer(SessionEvent::Ready {
                     kernel: &kernel_release,
                     agent: &agent_version,
-                    after: launched.elapsed(),
+                    after: vm.boot_time,
                 });
-                hello = Some((kernel_release, agent_version));
+                vm.kernel_release = kernel_release;
+                vm.agent_version = agent_version;
+                Ok(vm)
             }
-            VmEvent::Agent(GuestMessage::Log { line }) => observer(SessionEvent::Log(&line)),
-            VmEvent::Agent(GuestMessage::Output { stream, data }) => {
-                if hello.is_none() {
-                    violation = Some("output before hello".into());
-                    break;
-                }
-                observer(SessionEvent::Output(stream, &data));
+            Wait::Msg(other) => Err(vm.fail_protocol(format!("{} before hello", kind(&other)))),
+            Wait::Timeout => {
+                let tail = vm.stop();
+                Err(SessionError::BootTimeout {
+                    vm: vm.name.clone(),
+                    after: opts.boot_timeout,
+                    attempts: attempt,
+                    tail,
+                })
             }
-            VmEvent::Agent(msg @ GuestMessage::Exit { .. }) => {
-                if hello.is_none() {
-                    violation = Some("exit before hello".into());
-                    break;
-                }
-                exit = Some(msg);
-                enter_ending(&mut phase, &mut ending_since);
-            }
-            VmEvent::Agent(GuestMessage::Failure { stage, message }) => {
-                failure = Some((stage, message));
-                enter_ending(&mut phase, &mut ending_since);
-            }
-            VmEvent::AgentError(detail) => {
-                violation = Some(detail);
-                break;
-            }
-            VmEvent::Fault(detail) => {
-                fault = Some(detail);
-                break;
-            }
-            VmEvent::Cancelled => {
-                machine.kill();
-                machine.wait();
-                return Err(SessionError::Cancelled { vm });
-            }
+            Wait::Closed => Err(vm.ended()),
         }
     }
-    machine.kill();
-    machine.wait();
-    let total_time = launched.elapsed();
-    let tail = machine.console_tail();
-    let diagnostics = machine.diagnostics();
-    drop(machine);
-    if opts.keep_workdir {
-        let kept = workdir.keep();
-        observer(SessionEvent::Log(&format!(
-            "vm work directory kept at {}",
-            kept.display()
-        )));
-    }
-    decide(Decided {
-        vm,
-        tail,
-        diagnostics,
-        hello,
-        exit,
-        panic,
-        failure,
-        violation,
-        fault,
-        timeout: outcome_timeout,
-        boot_time: ready_at.map(|r| r - launched).unwrap_or_default(),
-        total_time,
-        attempts: attempt,
-    })
-}
 
-fn became_ready(phase: &mut Phase, ready_at: &mut Option<Instant>) {
-    if *phase == Phase::Booting {
-        *phase = Phase::Running;
-        *ready_at = Some(Instant::now());
+    /// The guest kernel's release.
+    pub fn kernel_release(&self) -> &str {
+        &self.kernel_release
     }
-}
 
-fn enter_ending(phase: &mut Phase, since: &mut Instant) {
-    if *phase != Phase::Ending {
-        *phase = Phase::Ending;
-        *since = Instant::now();
+    /// guest-init's version.
+    pub fn agent_version(&self) -> &str {
+        &self.agent_version
     }
-}
 
-/// Everything the event loop saw, for [`decide`].
-struct Decided {
-    vm: String,
-    tail: Vec<String>,
-    diagnostics: String,
-    hello: Option<(String, String)>,
-    exit: Option<GuestMessage>,
-    panic: Option<String>,
-    failure: Option<(String, String)>,
-    violation: Option<String>,
-    fault: Option<String>,
-    timeout: Option<SessionError>,
-    boot_time: Duration,
-    total_time: Duration,
-    attempts: u32,
-}
+    /// Launch → agent ready.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
 
-/// Turns what was seen into the outcome. A reported job exit wins over anything that happened
-/// while the VM was going down; otherwise the most specific cause of the VM's failure wins.
-fn decide(d: Decided) -> Result<JobReport, SessionError> {
-    let Decided { vm, tail, .. } = &d;
-    let (vm, tail) = (vm.clone(), tail.clone());
-    if let Some(detail) = d.violation {
-        return Err(SessionError::Protocol { vm, detail, tail });
+    /// Boot attempts it took.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
     }
-    if let Some(detail) = d.fault {
-        return Err(SessionError::Fault { vm, detail, tail });
+
+    /// The VM's work directory, when `keep_workdir` asked to keep it.
+    pub fn kept_workdir(&self) -> Option<&Path> {
+        self.kept_workdir.as_deref()
     }
-    if let (
-        Some(GuestMessage::Exit {
-            status,
-            wall_us,
-            user_us,
-            sys_us,
-            max_rss_kib,
-        }),
-        Some((kernel_release, agent_version)),
-    ) = (d.exit, d.hello)
-    {
-        return Ok(JobReport {
-            status,
-            kernel_release,
-            agent_version,
-            boot_time: d.boot_time,
-            total_time: d.total_time,
-            job_wall: Duration::from_micros(wall_us),
-            job_cpu: Duration::from_micros(user_us.saturating_add(sys_us)),
-            job_max_rss_kib: max_rss_kib,
-            attempts: d.attempts,
-        });
+
+    fn id(&mut self) -> u32 {
+        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id
     }
-    if let Some((stage, message)) = d.failure {
-        return Err(SessionError::AgentFailed {
-            vm,
-            stage,
-            message,
-            tail,
-        });
-    }
-    if let Some(reason) = d.panic {
-        return Err(SessionError::Panic { vm, reason, tail });
-    }
-    match d.timeout {
-        Some(SessionError::BootTimeout {
-            vm,
-            after,
-            attempts,
-            ..
-        }) => {
-            return Err(SessionError::BootTimeout {
-                vm,
-                after,
-                attempts,
+
+    fn send(&mut self, msg: &HostMessage) -> Result<(), SessionError> {
+        if self.dead {
+            return Err(SessionError::Dead {
+                vm: self.name.clone(),
+            });
+        }
+        if let Err(e) = self.machine.send(msg) {
+            let tail = self.stop();
+            return Err(SessionError::AgentLost {
+                vm: self.name.clone(),
+                detail: format!("cannot send to the agent: {e}"),
                 tail,
-            })
+            });
         }
-        Some(SessionError::RunTimeout { vm, after, .. }) => {
-            return Err(SessionError::RunTimeout { vm, after, tail })
+        Ok(())
+    }
+
+    /// Runs `job`; output goes to `observer` as it arrives. Past `timeout`, the job's process
+    /// group is killed in the guest and [`SessionError::RunTimeout`] returned; the VM stays
+    /// usable.
+    pub fn exec(
+        &mut self,
+        job: &Job,
+        timeout: Option<Duration>,
+        observer: &mut dyn FnMut(SessionEvent<'_>),
+    ) -> Result<ExecReport, SessionError> {
+        let id = self.id();
+        self.send(&HostMessage::Exec {
+            id,
+            job: job.clone(),
+        })?;
+        let mut deadline = timeout.map(|t| Instant::now() + t);
+        let mut killed = false;
+        loop {
+            match self.wait(deadline, observer)? {
+                Wait::Msg(GuestMessage::Started { id: i, .. }) if i == id => {}
+                Wait::Msg(GuestMessage::Output {
+                    id: i,
+                    stream,
+                    data,
+                }) if i == id => observer(SessionEvent::Output(stream, &data)),
+                Wait::Msg(GuestMessage::Exit {
+                    id: i,
+                    status,
+                    usage,
+                }) if i == id => {
+                    if killed {
+                        return Err(SessionError::RunTimeout {
+                            vm: self.name.clone(),
+                            after: timeout.unwrap_or_default(),
+                            tail: self.machine.console_tail(),
+                        });
+                    }
+                    return Ok(ExecReport { status, usage });
+                }
+                Wait::Msg(GuestMessage::Error { id: i, message }) if i == id => {
+                    return Err(SessionError::Request {
+                        vm: self.name.clone(),
+                        request: format!("exec {}", job.argv[0]),
+                        message,
+                    });
+                }
+                // Late messages of an earlier request (a killed job's last output).
+                Wait::Msg(_) => {}
+                Wait::Timeout if !killed => {
+                    killed = true;
+                    self.send(&HostMessage::Kill {
+                        id,
+                        signal: libc_sigkill(),
+                    })?;
+                    deadline = Some(Instant::now() + KILL_GRACE);
+                }
+                Wait::Timeout => {
+                    let tail = self.stop();
+                    return Err(SessionError::AgentLost {
+                        vm: self.name.clone(),
+                        detail: format!("a killed job was not reported within {KILL_GRACE:?}"),
+                        tail,
+                    });
+                }
+                Wait::Closed => return Err(self.ended()),
+            }
         }
-        _ => {}
     }
-    if d.boot_time.is_zero() {
-        let first = d.diagnostics.lines().find(|l| !l.trim().is_empty());
-        let detail = first.map(|l| format!(": {}", l.trim())).unwrap_or_default();
-        return Err(SessionError::NeverReady { vm, detail, tail });
+
+    /// Writes `data` to `path` in the guest with `mode` (parents created); the agent checks the
+    /// size and SHA-256 before moving it into place.
+    pub fn put(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<(), SessionError> {
+        let id = self.id();
+        self.send(&HostMessage::PutStart {
+            id,
+            path: path.to_string(),
+            mode,
+            size: data.len() as u64,
+            sha256: Sha256::digest(data).into(),
+        })?;
+        for chunk in data.chunks(MAX_FILE_CHUNK) {
+            self.send(&HostMessage::PutData {
+                id,
+                data: chunk.to_vec(),
+            })?;
+        }
+        self.send(&HostMessage::PutEnd { id })?;
+        loop {
+            match self.wait(None, &mut |_| {})? {
+                Wait::Msg(GuestMessage::Done { id: i }) if i == id => return Ok(()),
+                Wait::Msg(GuestMessage::Error { id: i, message }) if i == id => {
+                    return Err(SessionError::Request {
+                        vm: self.name.clone(),
+                        request: format!("put {path}"),
+                        message,
+                    })
+                }
+                Wait::Msg(_) | Wait::Timeout => {}
+                Wait::Closed => return Err(self.ended()),
+            }
+        }
     }
-    Err(SessionError::AgentLost { vm, tail })
+
+    /// Reads `path` from the guest; returns its content and permission bits. The agent's
+    /// announced size and SHA-256 are checked; a guest that sends more than it announced breaks
+    /// the VM.
+    pub fn get(&mut self, path: &str) -> Result<(Vec<u8>, u32), SessionError> {
+        let id = self.id();
+        self.send(&HostMessage::Get {
+            id,
+            path: path.to_string(),
+        })?;
+        let mut file: Option<(u64, u32, Vec<u8>)> = None;
+        loop {
+            match self.wait(None, &mut |_| {})? {
+                Wait::Msg(GuestMessage::FileStart { id: i, size, mode }) if i == id => {
+                    // Grow as data arrives: the announced size is the guest's word, not ours.
+                    file = Some((size, mode, Vec::new()));
+                }
+                Wait::Msg(GuestMessage::FileData { id: i, data }) if i == id => {
+                    let Some((size, _, buf)) = file.as_mut() else {
+                        return Err(self.fail_protocol("file data before its start".into()));
+                    };
+                    if buf.len() as u64 + data.len() as u64 > *size {
+                        return Err(self.fail_protocol(format!(
+                            "get {path}: more data than the {size} bytes announced"
+                        )));
+                    }
+                    buf.extend_from_slice(&data);
+                }
+                Wait::Msg(GuestMessage::FileEnd { id: i, sha256 }) if i == id => {
+                    let Some((size, mode, buf)) = file.take() else {
+                        return Err(self.fail_protocol("file end before its start".into()));
+                    };
+                    if buf.len() as u64 != size || Sha256::digest(&buf).as_slice() != sha256 {
+                        return Err(
+                            self.fail_protocol(format!("get {path}: size or sha256 mismatch"))
+                        );
+                    }
+                    return Ok((buf, mode));
+                }
+                Wait::Msg(GuestMessage::Error { id: i, message }) if i == id => {
+                    return Err(SessionError::Request {
+                        vm: self.name.clone(),
+                        request: format!("get {path}"),
+                        message,
+                    })
+                }
+                Wait::Msg(_) | Wait::Timeout => {}
+                Wait::Closed => return Err(self.ended()),
+            }
+        }
+    }
+
+    /// Asks the agent to power off and waits for the VM to end (killing it after a grace
+    /// period). Returns launch → VM gone.
+    pub fn shutdown(mut self) -> Duration {
+        if !self.dead && self.send(&HostMessage::Shutdown).is_ok() {
+            let deadline = Instant::now() + POWER_OFF_GRACE;
+            // Late messages are drained until the VM is gone or the grace period ends.
+            while let Ok(Wait::Msg(_)) = self.wait(Some(deadline), &mut |_| {}) {}
+        }
+        self.stop();
+        self.launched.elapsed()
+    }
+
+    /// Kills the VM process and returns the console's last lines.
+    fn stop(&mut self) -> Vec<String> {
+        self.dead = true;
+        self.machine.kill();
+        self.machine.wait();
+        self.machine.console_tail()
+    }
+
+    fn fail_protocol(&mut self, detail: String) -> SessionError {
+        let tail = self.stop();
+        SessionError::Protocol {
+            vm: self.name.clone(),
+            detail,
+            tail,
+        }
+    }
+
+    /// The error for a VM that ended on its own: the most specific cause seen wins.
+    fn ended(&mut self) -> SessionError {
+        let tail = self.stop();
+        let vm = self.name.clone();
+        if let Some((stage, message)) = self.seen.failure.take() {
+            return SessionError::AgentFailed {
+                vm,
+                stage,
+                message,
+                tail,
+            };
+        }
+        if let Some(reason) = self.seen.panic.take() {
+            return SessionError::Panic { vm, reason, tail };
+        }
+        if !self.seen.ready {
+            let diagnostics = self.machine.diagnostics();
+            let first = diagnostics.lines().find(|l| !l.trim().is_empty());
+            let detail = first.map(|l| format!(": {}", l.trim())).unwrap_or_default();
+            return SessionError::NeverReady { vm, detail, tail };
+        }
+        SessionError::AgentLost {
+            vm,
+            detail: "the vm ended".into(),
+            tail,
+        }
+    }
+
+    /// Waits for the next agent message, the deadline, or the VM's end, handling everything
+    /// else (console events, heartbeats, logs, faults, cancellation) on the way.
+    fn wait(
+        &mut self,
+        deadline: Option<Instant>,
+        observer: &mut dyn FnMut(SessionEvent<'_>),
+    ) -> Result<Wait, SessionError> {
+        if self.dead {
+            return Err(SessionError::Dead {
+                vm: self.name.clone(),
+            });
+        }
+        loop {
+            // A live agent is never silent for long; after a panic, the VM gets a moment to
+            // print its trace and end.
+            let silence = if self.seen.panic.is_some() {
+                Some(Instant::now() + POWER_OFF_GRACE)
+            } else {
+                self.seen
+                    .ready
+                    .then(|| self.last_heard + self.agent_silence)
+            };
+            let wake = match (deadline, silence) {
+                (Some(d), Some(s)) => Some(d.min(s)),
+                (d, s) => d.or(s),
+            };
+            let event = match wake {
+                Some(w) => match self
+                    .events
+                    .recv_timeout(w.saturating_duration_since(Instant::now()))
+                {
+                    Ok(e) => e,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if self.seen.panic.is_some() {
+                            return Ok(Wait::Closed);
+                        }
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Ok(Wait::Timeout);
+                        }
+                        let tail = self.stop();
+                        return Err(SessionError::AgentLost {
+                            vm: self.name.clone(),
+                            detail: format!("no word from the agent for {:?}", self.agent_silence),
+                            tail,
+                        });
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return Ok(Wait::Closed),
+                },
+                None => match self.events.recv() {
+                    Ok(e) => e,
+                    Err(_) => return Ok(Wait::Closed),
+                },
+            };
+            match event {
+                VmEvent::Console(ConsoleEvent::Marker(Marker::OtherVersion(v))) => {
+                    return Err(self.fail_protocol(format!(
+                        "guest-init speaks marker version {v}, lab speaks {MARKER_VERSION}: rebuild lab and its initramfs"
+                    )));
+                }
+                VmEvent::Console(ConsoleEvent::Marker(Marker::Failed { stage, message })) => {
+                    self.seen.failure.get_or_insert((stage, message));
+                }
+                VmEvent::Console(ConsoleEvent::Marker(_)) => {}
+                VmEvent::Console(ConsoleEvent::Panic(reason)) => {
+                    self.seen.panic.get_or_insert(reason);
+                }
+                VmEvent::ConsoleClosed => return Ok(Wait::Closed),
+                VmEvent::AgentConnected | VmEvent::AgentClosed => {}
+                VmEvent::Agent(GuestMessage::Heartbeat { .. }) => self.last_heard = Instant::now(),
+                VmEvent::Agent(GuestMessage::Log { line }) => {
+                    self.last_heard = Instant::now();
+                    observer(SessionEvent::Log(&line));
+                }
+                VmEvent::Agent(GuestMessage::Failure { stage, message }) => {
+                    self.seen.failure = Some((stage, message));
+                }
+                VmEvent::Agent(GuestMessage::Hello { .. }) if self.seen.ready => {
+                    return Err(self.fail_protocol("a second hello: the agent restarted".into()));
+                }
+                VmEvent::Agent(msg) => {
+                    self.last_heard = Instant::now();
+                    return Ok(Wait::Msg(msg));
+                }
+                VmEvent::AgentError(detail) => return Err(self.fail_protocol(detail)),
+                VmEvent::Fault(detail) => {
+                    let tail = self.stop();
+                    return Err(SessionError::Fault {
+                        vm: self.name.clone(),
+                        detail,
+                        tail,
+                    });
+                }
+                VmEvent::Cancelled => {
+                    self.stop();
+                    return Err(SessionError::Cancelled {
+                        vm: self.name.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// SIGKILL's number (9 on every Linux architecture lab supports).
+fn libc_sigkill() -> i32 {
+    9
+}
+
+/// A message kind's name for errors.
+fn kind(msg: &GuestMessage) -> &'static str {
+    match msg {
+        GuestMessage::Hello { .. } => "hello",
+        GuestMessage::Log { .. } => "log",
+        GuestMessage::Started { .. } => "started",
+        GuestMessage::Output { .. } => "output",
+        GuestMessage::Exit { .. } => "exit",
+        GuestMessage::FileStart { .. } => "file start",
+        GuestMessage::FileData { .. } => "file data",
+        GuestMessage::FileEnd { .. } => "file end",
+        GuestMessage::Done { .. } => "done",
+        GuestMessage::Error { .. } => "error",
+        GuestMessage::Heartbeat { .. } => "heartbeat",
+        GuestMessage::Failure { .. } => "failure",
+    }
+}
+
+/// Boots, runs `job` with `opts.run_timeout`, and powers off: one job in a fresh VM.
+pub fn run(
+    req: &BootRequest<'_>,
+    job: &Job,
+    observer: &mut dyn FnMut(SessionEvent<'_>),
+) -> Result<JobReport, SessionError> {
+    let mut vm = Vm::boot(req, observer)?;
+    if let Some(dir) = vm.kept_workdir() {
+        let line = format!("vm work directory kept at {}", dir.display());
+        observer(SessionEvent::Log(&line));
+    }
+    let report = vm.exec(job, req.opts.run_timeout, observer)?;
+    let (kernel_release, agent_version) = (vm.kernel_release.clone(), vm.agent_version.clone());
+    let (boot_time, attempts) = (vm.boot_time, vm.attempts);
+    let total_time = vm.shutdown();
+    Ok(JobReport {
+        status: report.status,
+        kernel_release,
+        agent_version,
+        boot_time,
+        total_time,
+        job_wall: Duration::from_micros(report.usage.wall_us),
+        job_cpu: Duration::from_micros(report.usage.user_us.saturating_add(report.usage.sys_us)),
+        job_max_rss_kib: report.usage.max_rss_kib,
+        attempts,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::{Machine, VmSpec};
-    use lab_proto::Marker;
+    use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::mpsc::Sender;
     use std::sync::{Arc, Mutex};
 
-    /// A backend whose VMs play back scripted events, one script per launch.
+    type Responder = Box<dyn FnMut(&HostMessage) -> Vec<VmEvent> + Send>;
+
+    /// A backend whose VMs play back a boot script and answer requests with a responder.
     struct Scripted {
-        scripts: Mutex<Vec<Vec<VmEvent>>>,
-        launches: Arc<Mutex<u32>>,
+        vms: Mutex<Vec<(Vec<VmEvent>, Responder)>>,
+        launches: AtomicU32,
     }
 
     struct FakeMachine {
-        killed: bool,
+        events: Sender<VmEvent>,
+        responder: Responder,
     }
 
     impl Machine for FakeMachine {
@@ -640,9 +935,13 @@ mod tests {
         fn pid(&self) -> u32 {
             4242
         }
-        fn kill(&mut self) {
-            self.killed = true;
+        fn send(&mut self, msg: &HostMessage) -> std::io::Result<()> {
+            for e in (self.responder)(msg) {
+                let _ = self.events.send(e);
+            }
+            Ok(())
         }
+        fn kill(&mut self) {}
         fn wait(&mut self) -> Option<i32> {
             Some(0)
         }
@@ -657,57 +956,71 @@ mod tests {
             _spec: &VmSpec,
             events: Sender<VmEvent>,
         ) -> Result<Box<dyn Machine>, BackendError> {
-            *self.launches.lock().unwrap() += 1;
-            let script = self.scripts.lock().unwrap().remove(0);
+            self.launches.fetch_add(1, Ordering::SeqCst);
+            let (script, responder) = self.vms.lock().unwrap().remove(0);
             for e in script {
                 events.send(e).unwrap();
             }
-            // A script without ConsoleClosed leaves the VM silent: the session keeps a sender
-            // (its cancel registration), so only its deadlines end it.
-            Ok(Box::new(FakeMachine { killed: false }))
+            Ok(Box::new(FakeMachine { events, responder }))
+        }
+    }
+
+    fn scripted(vms: Vec<(Vec<VmEvent>, Responder)>) -> Scripted {
+        Scripted {
+            vms: Mutex::new(vms),
+            launches: AtomicU32::new(0),
         }
     }
 
     fn hello() -> VmEvent {
+        hello_v(PROTO_VERSION)
+    }
+
+    fn hello_v(proto: u16) -> VmEvent {
         VmEvent::Agent(GuestMessage::Hello {
-            proto: PROTO_VERSION,
+            proto,
             agent_version: "0.1.0".into(),
             kernel_release: "6.1.0-test".into(),
             features: vec![],
         })
     }
 
-    fn exit(code: i32) -> VmEvent {
-        VmEvent::Agent(GuestMessage::Exit {
-            status: ExitStatus::Code(code),
-            wall_us: 5,
-            user_us: 1,
-            sys_us: 2,
-            max_rss_kib: 3,
+    fn agent(msg: GuestMessage) -> VmEvent {
+        VmEvent::Agent(msg)
+    }
+
+    fn exit(id: u32, status: ExitStatus) -> VmEvent {
+        agent(GuestMessage::Exit {
+            id,
+            status,
+            usage: Usage {
+                wall_us: 5,
+                user_us: 1,
+                sys_us: 2,
+                max_rss_kib: 3,
+            },
         })
     }
 
-    fn boot(
-        scripts: Vec<Vec<VmEvent>>,
-        opts: BootOptions,
-    ) -> (Result<JobReport, SessionError>, Vec<String>, u32) {
-        let launches = Arc::new(Mutex::new(0));
-        let backend = Scripted {
-            scripts: Mutex::new(scripts),
-            launches: launches.clone(),
-        };
-        let mut seen = Vec::new();
-        let result = run(
-            &backend,
-            "fake",
-            Path::new("/k"),
-            Path::new("/i"),
-            &opts,
-            &Cancel::new(),
-            &mut |e| seen.push(format!("{e:?}")),
-        );
-        let n = *launches.lock().unwrap();
-        (result, seen, n)
+    /// A guest that runs every exec to `code` with "hi" on stdout and powers off on shutdown.
+    fn well_behaved(code: i32) -> Responder {
+        Box::new(move |msg| match msg {
+            HostMessage::Exec { id, .. } => vec![
+                agent(GuestMessage::Started { id: *id, pid: 7 }),
+                agent(GuestMessage::Output {
+                    id: *id,
+                    stream: Stream::Stdout,
+                    data: b"hi\n".to_vec(),
+                }),
+                exit(*id, ExitStatus::Code(code)),
+            ],
+            HostMessage::Shutdown => vec![VmEvent::ConsoleClosed],
+            _ => vec![],
+        })
+    }
+
+    fn silent() -> Responder {
+        Box::new(|_| vec![])
     }
 
     fn quick() -> BootOptions {
@@ -719,48 +1032,75 @@ mod tests {
         }
     }
 
+    fn request<'a>(
+        backend: &'a Scripted,
+        opts: &'a BootOptions,
+        cancel: &'a Cancel,
+    ) -> BootRequest<'a> {
+        BootRequest {
+            backend,
+            name: "fake",
+            kernel: Path::new("/k"),
+            initrd: Path::new("/i"),
+            opts,
+            cancel,
+        }
+    }
+
+    fn boot(backend: &Scripted, opts: &BootOptions) -> Result<Vm, SessionError> {
+        let cancel = Cancel::new();
+        Vm::boot(&request(backend, opts, &cancel), &mut |_| {})
+    }
+
     #[test]
-    fn a_clean_run_reports_the_exit_and_streams_output() {
-        let script = vec![
-            hello(),
-            VmEvent::Agent(GuestMessage::Output {
-                stream: Stream::Stdout,
-                data: b"hi\n".to_vec(),
-            }),
-            exit(3),
-            VmEvent::ConsoleClosed,
-        ];
-        let (result, seen, _) = boot(vec![script], quick());
-        let report = result.unwrap();
-        assert_eq!(report.status, ExitStatus::Code(3));
-        assert_eq!(report.kernel_release, "6.1.0-test");
+    fn one_vm_serves_many_execs_and_streams_their_output() {
+        let backend = scripted(vec![(vec![hello()], well_behaved(3))]);
+        let mut vm = boot(&backend, &quick()).unwrap();
+        assert_eq!(vm.kernel_release(), "6.1.0-test");
+        for _ in 0..3 {
+            let mut out = Vec::new();
+            let report = vm
+                .exec(&Job::new(["true"]), None, &mut |e| {
+                    if let SessionEvent::Output(Stream::Stdout, d) = e {
+                        out.extend_from_slice(d);
+                    }
+                })
+                .unwrap();
+            assert_eq!(report.status, ExitStatus::Code(3));
+            assert_eq!(report.usage.max_rss_kib, 3);
+            assert_eq!(out, b"hi\n");
+        }
+        vm.shutdown();
+    }
+
+    #[test]
+    fn the_one_shot_run_reports_boot_and_job() {
+        let backend = scripted(vec![(vec![hello()], well_behaved(0))]);
+        let opts = quick();
+        let cancel = Cancel::new();
+        let report = run(
+            &request(&backend, &opts, &cancel),
+            &Job::new(["true"]),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(report.status, ExitStatus::Code(0));
         assert_eq!(report.job_cpu, Duration::from_micros(3));
-        assert!(
-            seen.iter()
-                .any(|e| e.contains("Output(Stdout, [104, 105, 10])")),
-            "{seen:?}"
-        );
+        assert_eq!(report.attempts, 1);
     }
 
     #[test]
-    fn an_exit_wins_over_a_panic_while_going_down() {
-        let script = vec![
-            hello(),
-            exit(0),
-            VmEvent::Console(ConsoleEvent::Panic("late".into())),
-            VmEvent::ConsoleClosed,
-        ];
-        assert!(boot(vec![script], quick()).0.is_ok());
-    }
-
-    #[test]
-    fn a_panic_before_the_exit_is_a_vm_failure_with_its_tail() {
-        let script = vec![
-            hello(),
-            VmEvent::Console(ConsoleEvent::Panic("sysrq triggered crash".into())),
-            VmEvent::ConsoleClosed,
-        ];
-        match boot(vec![script], quick()).0 {
+    fn a_panic_during_a_job_is_a_vm_failure_with_its_tail() {
+        let responder: Responder = Box::new(|msg| match msg {
+            HostMessage::Exec { .. } => vec![
+                VmEvent::Console(ConsoleEvent::Panic("sysrq triggered crash".into())),
+                VmEvent::ConsoleClosed,
+            ],
+            _ => vec![],
+        });
+        let backend = scripted(vec![(vec![hello()], responder)]);
+        let mut vm = boot(&backend, &quick()).unwrap();
+        match vm.exec(&Job::new(["x"]), None, &mut |_| {}) {
             Err(e @ SessionError::Panic { .. }) => {
                 assert_eq!(
                     e.to_string(),
@@ -770,11 +1110,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert!(matches!(
+            vm.exec(&Job::new(["x"]), None, &mut |_| {}),
+            Err(SessionError::Dead { .. })
+        ));
     }
 
     #[test]
     fn a_vm_that_ends_before_ready_names_what_the_vm_process_said() {
-        match boot(vec![vec![VmEvent::ConsoleClosed]], quick()).0 {
+        let backend = scripted(vec![(vec![VmEvent::ConsoleClosed], silent())]);
+        match boot(&backend, &quick()) {
             Err(e @ SessionError::NeverReady { .. }) => assert_eq!(
                 e.to_string(),
                 "vm fake: exited before the guest agent was ready: qemu: something went wrong"
@@ -784,56 +1129,145 @@ mod tests {
     }
 
     #[test]
-    fn an_agent_lost_after_ready_is_not_a_never_ready() {
-        let script = vec![hello(), VmEvent::ConsoleClosed];
+    fn a_vm_that_dies_under_a_job_is_an_agent_lost() {
+        let responder: Responder = Box::new(|_| vec![VmEvent::ConsoleClosed]);
+        let backend = scripted(vec![(vec![hello()], responder)]);
+        let mut vm = boot(&backend, &quick()).unwrap();
         assert!(matches!(
-            boot(vec![script], quick()).0,
+            vm.exec(&Job::new(["x"]), None, &mut |_| {}),
             Err(SessionError::AgentLost { .. })
         ));
     }
 
     #[test]
+    fn a_silent_agent_is_lost_after_the_silence_limit() {
+        let backend = scripted(vec![(vec![hello()], silent())]);
+        let opts = BootOptions {
+            agent_silence: Duration::from_millis(150),
+            ..quick()
+        };
+        let mut vm = boot(&backend, &opts).unwrap();
+        match vm.exec(&Job::new(["x"]), None, &mut |_| {}) {
+            Err(e @ SessionError::AgentLost { .. }) => {
+                assert!(e.to_string().contains("no word from the agent"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn stalled_boots_are_retried_then_reported() {
-        // Each script leaves the VM silent (no ConsoleClosed), so the boot deadline fires.
         let opts = BootOptions {
             boot_attempts: 2,
             ..quick()
         };
-        let (result, seen, launches) = boot(vec![vec![], vec![]], opts);
-        assert_eq!(launches, 2);
+        let backend = scripted(vec![(vec![], silent()), (vec![], silent())]);
+        let cancel = Cancel::new();
+        let mut seen = Vec::new();
+        let result = Vm::boot(&request(&backend, &opts, &cancel), &mut |e| {
+            seen.push(format!("{e:?}"))
+        });
+        assert_eq!(backend.launches.load(Ordering::SeqCst), 2);
         assert!(seen.iter().any(|e| e.starts_with("Retrying")), "{seen:?}");
         match result {
             Err(SessionError::BootTimeout { attempts, .. }) => assert_eq!(attempts, 2),
             other => panic!("{other:?}"),
         }
-        let (result, _, launches) = boot(
-            vec![vec![], vec![hello(), exit(0), VmEvent::ConsoleClosed]],
-            BootOptions {
-                boot_attempts: 2,
-                ..quick()
-            },
+        let backend = scripted(vec![(vec![], silent()), (vec![hello()], silent())]);
+        assert_eq!(boot(&backend, &opts).unwrap().attempts(), 2);
+    }
+
+    #[test]
+    fn a_job_past_its_timeout_is_killed_and_the_vm_stays_usable() {
+        let responder: Responder = Box::new(|msg| match msg {
+            HostMessage::Exec { id, job } if job.argv[0] == "sleep" => {
+                vec![agent(GuestMessage::Started { id: *id, pid: 9 })]
+            }
+            HostMessage::Exec { id, .. } => vec![exit(*id, ExitStatus::Code(0))],
+            HostMessage::Kill { id, signal } => vec![exit(*id, ExitStatus::Signal(*signal))],
+            _ => vec![],
+        });
+        let backend = scripted(vec![(vec![hello()], responder)]);
+        let mut vm = boot(&backend, &quick()).unwrap();
+        let slow = vm.exec(
+            &Job::new(["sleep", "100"]),
+            Some(Duration::from_millis(100)),
+            &mut |_| {},
         );
-        assert_eq!(launches, 2);
-        assert_eq!(result.unwrap().attempts, 2);
+        assert!(
+            matches!(slow, Err(SessionError::RunTimeout { .. })),
+            "{slow:?}"
+        );
+        let next = vm.exec(&Job::new(["true"]), None, &mut |_| {}).unwrap();
+        assert_eq!(next.status, ExitStatus::Code(0));
     }
 
     #[test]
-    fn a_job_past_its_timeout_is_a_run_timeout() {
-        let script = vec![VmEvent::Console(ConsoleEvent::Marker(Marker::Ready {
-            agent: "0.1.0".into(),
-            kernel: "k".into(),
-        }))];
-        assert!(matches!(
-            boot(vec![script], quick()).0,
-            Err(SessionError::RunTimeout { .. })
-        ));
+    fn files_round_trip_and_guest_errors_are_requests_not_vm_failures() {
+        let store: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let s = store.clone();
+        let responder: Responder = Box::new(move |msg| match msg {
+            HostMessage::PutData { data, .. } => {
+                s.lock().unwrap().extend_from_slice(data);
+                vec![]
+            }
+            HostMessage::PutEnd { id } => vec![agent(GuestMessage::Done { id: *id })],
+            HostMessage::Get { id, path } if path == "/missing" => {
+                vec![agent(GuestMessage::Error {
+                    id: *id,
+                    message: "no such file".into(),
+                })]
+            }
+            HostMessage::Get { id, .. } => {
+                let data = s.lock().unwrap().clone();
+                let mut events = vec![agent(GuestMessage::FileStart {
+                    id: *id,
+                    size: data.len() as u64,
+                    mode: 0o600,
+                })];
+                for c in data.chunks(MAX_FILE_CHUNK) {
+                    events.push(agent(GuestMessage::FileData {
+                        id: *id,
+                        data: c.to_vec(),
+                    }));
+                }
+                events.push(agent(GuestMessage::FileEnd {
+                    id: *id,
+                    sha256: Sha256::digest(&data).into(),
+                }));
+                events
+            }
+            _ => vec![],
+        });
+        let backend = scripted(vec![(vec![hello()], responder)]);
+        let mut vm = boot(&backend, &quick()).unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        vm.put("/tmp/blob", 0o600, &data).unwrap();
+        let (back, mode) = vm.get("/tmp/blob").unwrap();
+        assert_eq!(back, data);
+        assert_eq!(mode, 0o600);
+        match vm.get("/missing") {
+            Err(e @ SessionError::Request { .. }) => {
+                assert_eq!(
+                    e.to_string(),
+                    "vm fake: get /missing failed in the guest: no such file"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            vm.get("/tmp/blob").unwrap().0.len(),
+            data.len(),
+            "the vm is still usable"
+        );
     }
 
     #[test]
-    fn hostile_or_stale_guests_break_only_their_session() {
-        for (script, want) in [
+    fn hostile_or_stale_guests_break_only_their_vm() {
+        let boots: Vec<(Vec<VmEvent>, &str)> = vec![
             (
-                vec![VmEvent::Agent(GuestMessage::Output {
+                vec![agent(GuestMessage::Output {
+                    id: 1,
                     stream: Stream::Stdout,
                     data: vec![1],
                 })],
@@ -843,35 +1277,65 @@ mod tests {
                 vec![VmEvent::AgentError("bad frame magic".into())],
                 "bad frame magic",
             ),
-            (
-                vec![VmEvent::Agent(GuestMessage::Hello {
-                    proto: 9,
-                    agent_version: "9".into(),
-                    kernel_release: "k".into(),
-                    features: vec![],
-                })],
-                "protocol 9",
-            ),
+            (vec![hello_v(9)], "protocol 9"),
             (
                 vec![VmEvent::Console(ConsoleEvent::Marker(
                     Marker::OtherVersion("2".into()),
                 ))],
                 "marker version 2",
             ),
-        ] {
-            match boot(vec![script], quick()).0 {
+        ];
+        for (script, want) in boots {
+            let backend = scripted(vec![(script, silent())]);
+            match boot(&backend, &quick()) {
                 Err(e @ SessionError::Protocol { .. }) => {
                     assert!(e.to_string().contains(want), "{e} lacks {want}")
                 }
                 other => panic!("{want}: {other:?}"),
             }
         }
+        // A get answered with more than was announced, and a second hello.
+        let responder: Responder = Box::new(|msg| match msg {
+            HostMessage::Get { id, .. } => vec![
+                agent(GuestMessage::FileStart {
+                    id: *id,
+                    size: 2,
+                    mode: 0,
+                }),
+                agent(GuestMessage::FileData {
+                    id: *id,
+                    data: vec![0; 3],
+                }),
+            ],
+            HostMessage::Exec { .. } => vec![hello()],
+            _ => vec![],
+        });
+        let backend = scripted(vec![(vec![hello()], responder)]);
+        let mut vm = boot(&backend, &quick()).unwrap();
+        assert!(matches!(vm.get("/x"), Err(SessionError::Protocol { .. })));
+        let backend = scripted(vec![(
+            vec![hello()],
+            Box::new(|msg: &HostMessage| match msg {
+                HostMessage::Exec { .. } => vec![hello()],
+                _ => vec![],
+            }) as Responder,
+        )]);
+        let mut vm = boot(&backend, &quick()).unwrap();
+        match vm.exec(&Job::new(["x"]), None, &mut |_| {}) {
+            Err(e @ SessionError::Protocol { .. }) => {
+                assert!(e.to_string().contains("second hello"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn faults_and_guest_init_failures_are_named() {
-        let script = vec![VmEvent::Fault("KVM internal error. Suberror: 1".into())];
-        match boot(vec![script], quick()).0 {
+        let backend = scripted(vec![(
+            vec![VmEvent::Fault("KVM internal error. Suberror: 1".into())],
+            silent(),
+        )]);
+        match boot(&backend, &quick()) {
             Err(e @ SessionError::Fault { .. }) => {
                 assert!(e.to_string().contains("KVM internal error"))
             }
@@ -884,7 +1348,8 @@ mod tests {
             })),
             VmEvent::ConsoleClosed,
         ];
-        match boot(vec![script], quick()).0 {
+        let backend = scripted(vec![(script, silent())]);
+        match boot(&backend, &quick()) {
             Err(e @ SessionError::AgentFailed { .. }) => assert_eq!(
                 e.to_string(),
                 "vm fake: guest-init failed at channel: cannot open /dev/ttyS1"
@@ -894,27 +1359,16 @@ mod tests {
     }
 
     #[test]
-    fn cancellation_ends_the_session_at_once() {
+    fn cancellation_ends_the_vm_at_once() {
         let cancel = Cancel::new();
+        let backend = scripted(vec![(vec![hello()], silent())]);
+        let opts = quick();
+        let mut vm = Vm::boot(&request(&backend, &opts, &cancel), &mut |_| {}).unwrap();
         cancel.cancel();
-        let backend = Scripted {
-            scripts: Mutex::new(vec![vec![hello()]]),
-            launches: Arc::new(Mutex::new(0)),
-        };
-        let opts = BootOptions {
-            run_timeout: None,
-            ..quick()
-        };
-        let result = run(
-            &backend,
-            "fake",
-            Path::new("/k"),
-            Path::new("/i"),
-            &opts,
-            &cancel,
-            &mut |_| {},
-        );
-        assert!(matches!(result, Err(SessionError::Cancelled { .. })));
+        assert!(matches!(
+            vm.exec(&Job::new(["sleep"]), None, &mut |_| {}),
+            Err(SessionError::Cancelled { .. })
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 
-use lab_proto::GuestMessage;
+use lab_proto::{GuestMessage, HostMessage};
 
 use crate::console::ConsoleEvent;
 
@@ -113,6 +113,10 @@ pub trait Machine: Send {
 
     /// The VM process's id.
     fn pid(&self) -> u32;
+
+    /// Sends one message to the guest agent. Fails when the agent channel is not (yet, or no
+    /// longer) connected.
+    fn send(&mut self, msg: &HostMessage) -> std::io::Result<()>;
 
     /// Kills the VM process at once (idempotent).
     fn kill(&mut self);

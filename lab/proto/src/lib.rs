@@ -13,10 +13,13 @@ pub mod wire;
 
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
 pub use marker::Marker;
-pub use message::{ExitStatus, GuestMessage, Job, Stream};
+pub use message::{ExitStatus, GuestMessage, HostMessage, Job, Stream, Usage};
 
-/// The protocol version spoken by this build (frames and console markers).
-pub const PROTO_VERSION: u16 = 1;
+/// The protocol version spoken by this build over the agent channel.
+pub const PROTO_VERSION: u16 = 2;
+
+/// The version of the console markers' format (independent of the channel protocol).
+pub const MARKER_VERSION: u16 = 1;
 
 /// Where guest-init looks for its job inside the initramfs.
 pub const JOB_PATH: &str = "/lab/job";

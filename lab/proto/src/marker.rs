@@ -7,7 +7,7 @@
 //! @@lab/1 failed stage=mount: cannot mount /proc: ENODEV
 //! ```
 //!
-//! The number after `@@lab/` is [`crate::PROTO_VERSION`]; a marker of another version is
+//! The number after `@@lab/` is [`crate::MARKER_VERSION`]; a marker of another version is
 //! reported as such, so that a stale guest agent is named instead of timing out.
 
 use crate::message::ExitStatus;
@@ -41,7 +41,7 @@ pub enum Marker {
 impl Marker {
     /// The marker as the line guest-init prints (no newline).
     pub fn render(&self) -> String {
-        let v = crate::PROTO_VERSION;
+        let v = crate::MARKER_VERSION;
         match self {
             Self::Ready { agent, kernel } => {
                 format!("{PREFIX}{v} ready agent={agent} kernel={kernel}")
@@ -61,7 +61,7 @@ impl Marker {
         let at = line.find(PREFIX)?;
         let rest = line[at + PREFIX.len()..].trim_end_matches(['\r', '\n']);
         let (version, body) = rest.split_once(' ').unwrap_or((rest, ""));
-        if version != crate::PROTO_VERSION.to_string() {
+        if version != crate::MARKER_VERSION.to_string() {
             return Some(Self::OtherVersion(version.to_string()));
         }
         let (event, fields) = body.split_once(' ').unwrap_or((body, ""));

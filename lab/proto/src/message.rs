@@ -1,4 +1,5 @@
-//! The messages: the job lab gives the guest, and what the guest agent reports back.
+//! The messages: what lab asks of the guest agent (exec, kill, put, get, shutdown) and what the
+//! agent reports back (output, exits, files, heartbeats), plus the job stored in an initramfs.
 
 use crate::wire::{Decoder, Encoder, WireError};
 
@@ -30,11 +31,8 @@ impl Job {
     /// The encoded job, as stored in [`crate::JOB_PATH`].
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::new();
-        e.u16(crate::PROTO_VERSION)
-            .strs(&self.argv)
-            .strs(&self.env)
-            .str(&self.cwd)
-            .u64(self.timeout_ms);
+        e.u16(crate::PROTO_VERSION);
+        encode_job(&mut e, self);
         e.finish()
     }
 
@@ -45,16 +43,8 @@ impl Job {
         if version != crate::PROTO_VERSION {
             return Err(MessageError::Version(version));
         }
-        let job = Self {
-            argv: d.strs()?,
-            env: d.strs()?,
-            cwd: d.str()?,
-            timeout_ms: d.u64()?,
-        };
+        let job = decode_job(&mut d)?;
         d.end()?;
-        if job.argv.is_empty() {
-            return Err(MessageError::EmptyArgv);
-        }
         Ok(job)
     }
 }
@@ -96,6 +86,77 @@ impl std::fmt::Display for ExitStatus {
     }
 }
 
+/// Resource usage of an ended process, as the guest measured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Wall time in microseconds.
+    pub wall_us: u64,
+    /// User CPU time in microseconds.
+    pub user_us: u64,
+    /// System CPU time in microseconds.
+    pub sys_us: u64,
+    /// Peak resident set size in KiB.
+    pub max_rss_kib: u64,
+}
+
+/// The most bytes carried by one [`HostMessage::PutData`] or [`GuestMessage::FileData`].
+pub const MAX_FILE_CHUNK: usize = 64 * 1024;
+
+/// A message from lab to the guest agent. Every request carries an id chosen by lab; the
+/// agent's answers carry the same id, so requests can overlap on one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMessage {
+    /// Run a process.
+    Exec {
+        /// Request id.
+        id: u32,
+        /// What to run.
+        job: Job,
+    },
+    /// Send `signal` to the process group of exec `id` (a timeout from the host).
+    Kill {
+        /// The exec's id.
+        id: u32,
+        /// The signal.
+        signal: i32,
+    },
+    /// Start writing a file; [`HostMessage::PutData`] chunks and [`HostMessage::PutEnd`]
+    /// follow.
+    PutStart {
+        /// Request id.
+        id: u32,
+        /// Absolute guest path; parent directories are created.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+        /// Total size in bytes.
+        size: u64,
+        /// SHA-256 of the content, checked by the agent at the end.
+        sha256: [u8; 32],
+    },
+    /// A chunk of a put (at most [`MAX_FILE_CHUNK`] bytes).
+    PutData {
+        /// The put's id.
+        id: u32,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The put is complete; the agent checks size and hash and answers Done or Error.
+    PutEnd {
+        /// The put's id.
+        id: u32,
+    },
+    /// Read a file; the agent answers FileStart, FileData…, FileEnd (or Error).
+    Get {
+        /// Request id.
+        id: u32,
+        /// Absolute guest path.
+        path: String,
+    },
+    /// Sync and power off.
+    Shutdown,
+}
+
 /// A message from the guest agent to lab.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestMessage {
@@ -115,25 +176,70 @@ pub enum GuestMessage {
         /// The line.
         line: String,
     },
-    /// Output of the job, in the order it was read.
+    /// Exec `id` is running.
+    Started {
+        /// The exec's id.
+        id: u32,
+        /// Its pid (and process group) in the guest.
+        pid: u32,
+    },
+    /// Output of exec `id`, in the order it was read.
     Output {
+        /// The exec's id.
+        id: u32,
         /// Which stream.
         stream: Stream,
         /// The bytes (at most [`MAX_OUTPUT_CHUNK`]).
         data: Vec<u8>,
     },
-    /// The job ended.
+    /// Exec `id` ended.
     Exit {
+        /// The exec's id.
+        id: u32,
         /// How.
         status: ExitStatus,
-        /// Wall time of the job in microseconds.
-        wall_us: u64,
-        /// User CPU time in microseconds.
-        user_us: u64,
-        /// System CPU time in microseconds.
-        sys_us: u64,
-        /// Peak resident set size in KiB.
-        max_rss_kib: u64,
+        /// What it used.
+        usage: Usage,
+    },
+    /// The file of get `id` follows.
+    FileStart {
+        /// The get's id.
+        id: u32,
+        /// Its size.
+        size: u64,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A chunk of get `id` (at most [`MAX_FILE_CHUNK`] bytes).
+    FileData {
+        /// The get's id.
+        id: u32,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Get `id` is complete.
+    FileEnd {
+        /// The get's id.
+        id: u32,
+        /// SHA-256 of what was sent.
+        sha256: [u8; 32],
+    },
+    /// Request `id` (a put) succeeded.
+    Done {
+        /// The request's id.
+        id: u32,
+    },
+    /// Request `id` failed in the guest (no such file, hash mismatch, cannot spawn…).
+    Error {
+        /// The request's id.
+        id: u32,
+        /// What happened.
+        message: String,
+    },
+    /// The agent is alive (sent periodically).
+    Heartbeat {
+        /// The guest's uptime in milliseconds.
+        uptime_ms: u64,
     },
     /// guest-init could not do its part: the lab failed, not the job.
     Failure {
@@ -158,11 +264,155 @@ pub enum MessageError {
     EmptyArgv,
 }
 
+fn encode_job(e: &mut Encoder, job: &Job) {
+    e.strs(&job.argv)
+        .strs(&job.env)
+        .str(&job.cwd)
+        .u64(job.timeout_ms);
+}
+
+fn decode_job(d: &mut Decoder<'_>) -> Result<Job, MessageError> {
+    let job = Job {
+        argv: d.strs()?,
+        env: d.strs()?,
+        cwd: d.str()?,
+        timeout_ms: d.u64()?,
+    };
+    if job.argv.is_empty() {
+        return Err(MessageError::EmptyArgv);
+    }
+    Ok(job)
+}
+
+fn encode_stream(stream: Stream) -> u8 {
+    match stream {
+        Stream::Stdout => 1,
+        Stream::Stderr => 2,
+    }
+}
+
+fn decode_stream(tag: u8) -> Result<Stream, WireError> {
+    match tag {
+        1 => Ok(Stream::Stdout),
+        2 => Ok(Stream::Stderr),
+        tag => Err(WireError::UnknownTag {
+            what: "stream",
+            tag: tag.into(),
+        }),
+    }
+}
+
+fn digest(d: &mut Decoder<'_>) -> Result<[u8; 32], WireError> {
+    let raw = d.bytes(32)?;
+    raw.try_into().map_err(|_| WireError::Truncated)
+}
+
+// Kinds of host messages.
+const EXEC: u8 = 1;
+const KILL: u8 = 2;
+const PUT_START: u8 = 3;
+const PUT_DATA: u8 = 4;
+const PUT_END: u8 = 5;
+const GET: u8 = 6;
+const SHUTDOWN: u8 = 7;
+
+impl HostMessage {
+    /// The message as a frame payload: a kind byte and its fields.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        match self {
+            Self::Exec { id, job } => {
+                e.u8(EXEC).u32(*id);
+                encode_job(&mut e, job);
+            }
+            Self::Kill { id, signal } => {
+                e.u8(KILL).u32(*id).i32(*signal);
+            }
+            Self::PutStart {
+                id,
+                path,
+                mode,
+                size,
+                sha256,
+            } => {
+                e.u8(PUT_START)
+                    .u32(*id)
+                    .str(path)
+                    .u32(*mode)
+                    .u64(*size)
+                    .bytes(sha256);
+            }
+            Self::PutData { id, data } => {
+                e.u8(PUT_DATA).u32(*id).bytes(data);
+            }
+            Self::PutEnd { id } => {
+                e.u8(PUT_END).u32(*id);
+            }
+            Self::Get { id, path } => {
+                e.u8(GET).u32(*id).str(path);
+            }
+            Self::Shutdown => {
+                e.u8(SHUTDOWN);
+            }
+        }
+        e.finish()
+    }
+
+    /// Decodes a frame payload written by [`HostMessage::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, MessageError> {
+        let mut d = Decoder::new(bytes);
+        let msg = match d.u8()? {
+            EXEC => Self::Exec {
+                id: d.u32()?,
+                job: decode_job(&mut d)?,
+            },
+            KILL => Self::Kill {
+                id: d.u32()?,
+                signal: d.i32()?,
+            },
+            PUT_START => Self::PutStart {
+                id: d.u32()?,
+                path: d.str()?,
+                mode: d.u32()?,
+                size: d.u64()?,
+                sha256: digest(&mut d)?,
+            },
+            PUT_DATA => Self::PutData {
+                id: d.u32()?,
+                data: d.bytes(MAX_FILE_CHUNK)?.to_vec(),
+            },
+            PUT_END => Self::PutEnd { id: d.u32()? },
+            GET => Self::Get {
+                id: d.u32()?,
+                path: d.str()?,
+            },
+            SHUTDOWN => Self::Shutdown,
+            tag => {
+                return Err(WireError::UnknownTag {
+                    what: "host message",
+                    tag: tag.into(),
+                }
+                .into())
+            }
+        };
+        d.end()?;
+        Ok(msg)
+    }
+}
+
+// Kinds of guest messages.
 const HELLO: u8 = 1;
 const LOG: u8 = 2;
 const OUTPUT: u8 = 3;
 const EXIT: u8 = 4;
 const FAILURE: u8 = 5;
+const STARTED: u8 = 6;
+const FILE_START: u8 = 7;
+const FILE_DATA: u8 = 8;
+const FILE_END: u8 = 9;
+const DONE: u8 = 10;
+const ERROR: u8 = 11;
+const HEARTBEAT: u8 = 12;
 
 impl GuestMessage {
     /// The message as a frame payload: a kind byte and its fields.
@@ -184,31 +434,43 @@ impl GuestMessage {
             Self::Log { line } => {
                 e.u8(LOG).str(line);
             }
-            Self::Output { stream, data } => {
-                let s = match stream {
-                    Stream::Stdout => 1,
-                    Stream::Stderr => 2,
-                };
-                e.u8(OUTPUT).u8(s).bytes(data);
+            Self::Started { id, pid } => {
+                e.u8(STARTED).u32(*id).u32(*pid);
             }
-            Self::Exit {
-                status,
-                wall_us,
-                user_us,
-                sys_us,
-                max_rss_kib,
-            } => {
+            Self::Output { id, stream, data } => {
+                e.u8(OUTPUT).u32(*id).u8(encode_stream(*stream)).bytes(data);
+            }
+            Self::Exit { id, status, usage } => {
                 let (kind, value) = match status {
                     ExitStatus::Code(c) => (0, *c),
                     ExitStatus::Signal(s) => (1, *s),
                 };
                 e.u8(EXIT)
+                    .u32(*id)
                     .u8(kind)
                     .i32(value)
-                    .u64(*wall_us)
-                    .u64(*user_us)
-                    .u64(*sys_us)
-                    .u64(*max_rss_kib);
+                    .u64(usage.wall_us)
+                    .u64(usage.user_us)
+                    .u64(usage.sys_us)
+                    .u64(usage.max_rss_kib);
+            }
+            Self::FileStart { id, size, mode } => {
+                e.u8(FILE_START).u32(*id).u64(*size).u32(*mode);
+            }
+            Self::FileData { id, data } => {
+                e.u8(FILE_DATA).u32(*id).bytes(data);
+            }
+            Self::FileEnd { id, sha256 } => {
+                e.u8(FILE_END).u32(*id).bytes(sha256);
+            }
+            Self::Done { id } => {
+                e.u8(DONE).u32(*id);
+            }
+            Self::Error { id, message } => {
+                e.u8(ERROR).u32(*id).str(message);
+            }
+            Self::Heartbeat { uptime_ms } => {
+                e.u8(HEARTBEAT).u64(*uptime_ms);
             }
             Self::Failure { stage, message } => {
                 e.u8(FAILURE).str(stage).str(message);
@@ -229,22 +491,17 @@ impl GuestMessage {
                 features: d.strs()?,
             },
             LOG => Self::Log { line: d.str()? },
-            OUTPUT => {
-                let stream = match d.u8()? {
-                    1 => Stream::Stdout,
-                    2 => Stream::Stderr,
-                    tag => {
-                        return Err(WireError::UnknownTag {
-                            what: "stream",
-                            tag: tag.into(),
-                        }
-                        .into())
-                    }
-                };
-                let data = d.bytes(MAX_OUTPUT_CHUNK)?.to_vec();
-                Self::Output { stream, data }
-            }
+            STARTED => Self::Started {
+                id: d.u32()?,
+                pid: d.u32()?,
+            },
+            OUTPUT => Self::Output {
+                id: d.u32()?,
+                stream: decode_stream(d.u8()?)?,
+                data: d.bytes(MAX_OUTPUT_CHUNK)?.to_vec(),
+            },
             EXIT => {
+                let id = d.u32()?;
                 let kind = d.u8()?;
                 let value = d.i32()?;
                 let status = match kind {
@@ -259,13 +516,37 @@ impl GuestMessage {
                     }
                 };
                 Self::Exit {
+                    id,
                     status,
-                    wall_us: d.u64()?,
-                    user_us: d.u64()?,
-                    sys_us: d.u64()?,
-                    max_rss_kib: d.u64()?,
+                    usage: Usage {
+                        wall_us: d.u64()?,
+                        user_us: d.u64()?,
+                        sys_us: d.u64()?,
+                        max_rss_kib: d.u64()?,
+                    },
                 }
             }
+            FILE_START => Self::FileStart {
+                id: d.u32()?,
+                size: d.u64()?,
+                mode: d.u32()?,
+            },
+            FILE_DATA => Self::FileData {
+                id: d.u32()?,
+                data: d.bytes(MAX_FILE_CHUNK)?.to_vec(),
+            },
+            FILE_END => Self::FileEnd {
+                id: d.u32()?,
+                sha256: digest(&mut d)?,
+            },
+            DONE => Self::Done { id: d.u32()? },
+            ERROR => Self::Error {
+                id: d.u32()?,
+                message: d.str()?,
+            },
+            HEARTBEAT => Self::Heartbeat {
+                uptime_ms: d.u64()?,
+            },
             FAILURE => Self::Failure {
                 stage: d.str()?,
                 message: d.str()?,
@@ -287,10 +568,10 @@ impl GuestMessage {
 mod tests {
     use super::*;
 
-    fn all() -> Vec<GuestMessage> {
+    fn guest_all() -> Vec<GuestMessage> {
         vec![
             GuestMessage::Hello {
-                proto: 1,
+                proto: 2,
                 agent_version: "0.1.0".into(),
                 kernel_release: "6.1.0-56-cloud-amd64".into(),
                 features: vec!["exec".into()],
@@ -298,17 +579,41 @@ mod tests {
             GuestMessage::Log {
                 line: "loaded vsock".into(),
             },
+            GuestMessage::Started { id: 7, pid: 42 },
             GuestMessage::Output {
+                id: 7,
                 stream: Stream::Stderr,
                 data: vec![0, 1, 2, 255],
             },
             GuestMessage::Exit {
+                id: 7,
                 status: ExitStatus::Signal(9),
-                wall_us: 1,
-                user_us: 2,
-                sys_us: 3,
-                max_rss_kib: 4,
+                usage: Usage {
+                    wall_us: 1,
+                    user_us: 2,
+                    sys_us: 3,
+                    max_rss_kib: 4,
+                },
             },
+            GuestMessage::FileStart {
+                id: 8,
+                size: 3,
+                mode: 0o644,
+            },
+            GuestMessage::FileData {
+                id: 8,
+                data: b"abc".to_vec(),
+            },
+            GuestMessage::FileEnd {
+                id: 8,
+                sha256: [9; 32],
+            },
+            GuestMessage::Done { id: 9 },
+            GuestMessage::Error {
+                id: 9,
+                message: "no such file".into(),
+            },
+            GuestMessage::Heartbeat { uptime_ms: 1234 },
             GuestMessage::Failure {
                 stage: "mount".into(),
                 message: "no /proc".into(),
@@ -316,16 +621,46 @@ mod tests {
         ]
     }
 
+    fn host_all() -> Vec<HostMessage> {
+        vec![
+            HostMessage::Exec {
+                id: 1,
+                job: Job::new(["uname", "-r"]),
+            },
+            HostMessage::Kill { id: 1, signal: 9 },
+            HostMessage::PutStart {
+                id: 2,
+                path: "/tmp/x".into(),
+                mode: 0o755,
+                size: 5,
+                sha256: [1; 32],
+            },
+            HostMessage::PutData {
+                id: 2,
+                data: b"hello".to_vec(),
+            },
+            HostMessage::PutEnd { id: 2 },
+            HostMessage::Get {
+                id: 3,
+                path: "/etc/passwd".into(),
+            },
+            HostMessage::Shutdown,
+        ]
+    }
+
     #[test]
     fn messages_round_trip() {
-        for msg in all() {
+        for msg in guest_all() {
             assert_eq!(GuestMessage::decode(&msg.encode()).unwrap(), msg);
+        }
+        for msg in host_all() {
+            assert_eq!(HostMessage::decode(&msg.encode()).unwrap(), msg);
         }
     }
 
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
-        for msg in all() {
+        for msg in guest_all() {
             let bytes = msg.encode();
             for cut in 0..bytes.len() {
                 assert!(
@@ -334,20 +669,49 @@ mod tests {
                 );
             }
         }
+        for msg in host_all() {
+            let bytes = msg.encode();
+            for cut in 0..bytes.len() {
+                assert!(
+                    HostMessage::decode(&bytes[..cut]).is_err(),
+                    "{msg:?} at {cut}"
+                );
+            }
+        }
     }
 
     #[test]
-    fn unknown_kinds_and_oversized_output_are_refused() {
+    fn unknown_kinds_oversized_chunks_and_bad_digests_are_refused() {
         assert!(matches!(
             GuestMessage::decode(&[99]),
             Err(MessageError::Wire(WireError::UnknownTag { tag: 99, .. }))
         ));
+        assert!(matches!(
+            HostMessage::decode(&[0]),
+            Err(MessageError::Wire(WireError::UnknownTag { tag: 0, .. }))
+        ));
         let mut e = Encoder::new();
-        e.u8(OUTPUT).u8(1).bytes(&vec![0; MAX_OUTPUT_CHUNK + 1]);
+        e.u8(OUTPUT)
+            .u32(1)
+            .u8(1)
+            .bytes(&vec![0; MAX_OUTPUT_CHUNK + 1]);
         assert!(matches!(
             GuestMessage::decode(&e.finish()),
             Err(MessageError::Wire(WireError::TooLong { .. }))
         ));
+        let mut e = Encoder::new();
+        e.u8(PUT_DATA).u32(1).bytes(&vec![0; MAX_FILE_CHUNK + 1]);
+        assert!(HostMessage::decode(&e.finish()).is_err());
+        let mut e = Encoder::new();
+        e.u8(FILE_END).u32(1).bytes(&[0; 31]);
+        assert!(GuestMessage::decode(&e.finish()).is_err());
+        let mut e = Encoder::new();
+        e.u8(EXEC).u32(1);
+        encode_job(&mut e, &Job::default());
+        assert_eq!(
+            HostMessage::decode(&e.finish()),
+            Err(MessageError::EmptyArgv)
+        );
     }
 
     #[test]

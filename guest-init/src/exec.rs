@@ -1,19 +1,23 @@
-//! Runs the job: spawns it in its own session with piped output, streams the output to lab as
-//! it arrives, enforces the job's timeout on its process group, and reports how it ended.
+//! Runs one exec: spawns it in its own session with piped output, streams the output to lab as
+//! it arrives (tagged with the exec's id), enforces the job's own timeout on its process group,
+//! and reports how it ended. Many execs may run at once, each on its own thread.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lab_proto::message::MAX_OUTPUT_CHUNK;
-use lab_proto::{ExitStatus, GuestMessage, Job, Stream};
+use lab_proto::{ExitStatus, GuestMessage, Job, Stream, Usage};
 
-use crate::channel::Channel;
+use crate::channel::Sender;
+use crate::reaper::Reaper;
 use crate::sys;
 
-/// The environment every job starts from; the job's own entries override it.
+/// The environment every exec starts from; the job's own entries override it.
 pub const BASE_ENV: &[(&str, &str)] = &[
     (
         "PATH",
@@ -26,18 +30,48 @@ pub const BASE_ENV: &[(&str, &str)] = &[
     ("USER", "root"),
 ];
 
-/// How a job attempt ended from guest-init's point of view.
-#[derive(Debug)]
-pub enum Outcome {
-    /// The job ran and ended; the Exit message was sent.
-    Finished(ExitStatus),
-    /// The job could not be started (not found, not executable): a job error, reported as
-    /// exit code 127 / 126 like a shell.
-    NotStarted(ExitStatus),
+/// The running execs' process groups, by exec id (for Kill).
+#[derive(Debug, Clone, Default)]
+pub struct Running {
+    groups: Arc<Mutex<HashMap<u32, libc::pid_t>>>,
 }
 
-/// Runs `job`, streaming to `channel`.
-pub fn run(job: &Job, channel: &mut Channel) -> io::Result<Outcome> {
+impl Running {
+    /// Signals exec `id`'s process group; false if no such exec runs.
+    pub fn kill(&self, id: u32, signal: i32) -> bool {
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        match groups.get(&id) {
+            Some(&pgid) => {
+                sys::kill_group(pgid, signal);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&self, id: u32, pgid: libc::pid_t) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, pgid);
+    }
+
+    fn remove(&self, id: u32) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}
+
+/// Runs exec `id`, streaming to `out`; returns how it ended (also sent as Exit).
+pub fn run(
+    id: u32,
+    job: &Job,
+    out: &Sender,
+    reaper: &Reaper,
+    running: &Running,
+) -> io::Result<ExitStatus> {
     let started = Instant::now();
     let mut cmd = Command::new(&job.argv[0]);
     cmd.args(&job.argv[1..])
@@ -59,32 +93,74 @@ pub fn run(job: &Job, channel: &mut Channel) -> io::Result<Outcome> {
     unsafe {
         cmd.pre_exec(sys::setsid);
     }
+    let guard = reaper.spawning();
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
+            drop(guard);
+            // Like a shell: 127 when the program is not found, 126 when it cannot run.
             let code = if e.kind() == io::ErrorKind::NotFound {
                 127
             } else {
                 126
             };
             let line = format!("lab: cannot run {}: {e}\n", job.argv[0]);
-            channel.send(&GuestMessage::Output {
+            out.send(&GuestMessage::Output {
+                id,
                 stream: Stream::Stderr,
                 data: line.into_bytes(),
             })?;
             let status = ExitStatus::Code(code);
-            channel.send(&GuestMessage::Exit {
+            out.send(&GuestMessage::Exit {
+                id,
                 status,
-                wall_us: 0,
-                user_us: 0,
-                sys_us: 0,
-                max_rss_kib: 0,
+                usage: Usage::default(),
             })?;
-            return Ok(Outcome::NotStarted(status));
+            return Ok(status);
         }
     };
     let pid =
         libc::pid_t::try_from(child.id()).map_err(|_| io::Error::other("pid out of range"))?;
+    let exited_rx = guard.register(pid);
+    running.insert(id, pid);
+    let result = stream(id, job, pid, &mut child, out, started);
+    // The exit status comes from the reaper once the process is gone (after a kill too).
+    let reaped = exited_rx
+        .recv()
+        .map_err(|_| io::Error::other("reaper stopped"));
+    running.remove(id);
+    result?;
+    let reaped = reaped?;
+    let std_status = std::process::ExitStatus::from_raw(reaped.status);
+    let status = match (std_status.code(), std_status.signal()) {
+        (Some(code), _) => ExitStatus::Code(code),
+        (None, Some(sig)) => ExitStatus::Signal(sig),
+        (None, None) => ExitStatus::Code(-1),
+    };
+    let usage = Usage {
+        wall_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        user_us: reaped.user_us,
+        sys_us: reaped.sys_us,
+        max_rss_kib: reaped.max_rss_kib,
+    };
+    out.send(&GuestMessage::Exit { id, status, usage })?;
+    Ok(status)
+}
+
+/// Streams the child's output until it has exited and its pipes are drained. After the exit,
+/// pipes that stay open (a daemon it left behind) are drained only of what is already there.
+fn stream(
+    id: u32,
+    job: &Job,
+    pid: libc::pid_t,
+    child: &mut std::process::Child,
+    out: &Sender,
+    started: Instant,
+) -> io::Result<()> {
+    out.send(&GuestMessage::Started {
+        id,
+        pid: pid.unsigned_abs(),
+    })?;
     let pidfd = sys::pidfd_open(pid)?;
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
@@ -92,9 +168,6 @@ pub fn run(job: &Job, channel: &mut Channel) -> io::Result<Outcome> {
     let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
     let mut exited = false;
     let mut timed_out = false;
-
-    // Stream until the job has exited and both pipes are closed. After the job exits, pipes
-    // that stay open (a daemon it left behind) are drained only of what is already there.
     loop {
         let mut fds = Vec::with_capacity(3);
         if let Some(s) = &stdout {
@@ -112,7 +185,7 @@ pub fn run(job: &Job, channel: &mut Channel) -> io::Result<Outcome> {
             });
         }
         if fds.is_empty() && exited {
-            break;
+            return Ok(());
         }
         if !exited {
             fds.push(libc::pollfd {
@@ -142,15 +215,16 @@ pub fn run(job: &Job, channel: &mut Channel) -> io::Result<Outcome> {
         }
         if ready == 0 {
             if exited {
-                break; // drained what was there; leftover writers are not ours to wait for
+                return Ok(());
             }
             if deadline.is_some_and(|d| Instant::now() >= d) && !timed_out {
                 timed_out = true;
                 let line = format!(
-                    "lab: job timed out after {} ms; killing its process group\n",
+                    "lab: timed out after {} ms; killing the process group\n",
                     job.timeout_ms
                 );
-                channel.send(&GuestMessage::Output {
+                out.send(&GuestMessage::Output {
+                    id,
                     stream: Stream::Stderr,
                     data: line.into_bytes(),
                 })?;
@@ -176,7 +250,8 @@ pub fn run(job: &Job, channel: &mut Channel) -> io::Result<Outcome> {
             };
             match slot.read_chunk(&mut buf) {
                 Ok(0) => slot.close(),
-                Ok(n) => channel.send(&GuestMessage::Output {
+                Ok(n) => out.send(&GuestMessage::Output {
+                    id,
                     stream,
                     data: buf[..n].to_vec(),
                 })?,
@@ -185,24 +260,6 @@ pub fn run(job: &Job, channel: &mut Channel) -> io::Result<Outcome> {
             }
         }
     }
-    let reaped = sys::wait4(pid)?;
-    drop(child);
-    let std_status = std::process::ExitStatus::from_raw(reaped.status);
-    let status = match (std_status.code(), std_status.signal()) {
-        (Some(code), _) => ExitStatus::Code(code),
-        (None, Some(sig)) => ExitStatus::Signal(sig),
-        (None, None) => ExitStatus::Code(-1),
-    };
-    let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    channel.send(&GuestMessage::Exit {
-        status,
-        wall_us,
-        user_us: reaped.user_us,
-        sys_us: reaped.sys_us,
-        max_rss_kib: reaped.max_rss_kib,
-    })?;
-    sys::reap_orphans();
-    Ok(Outcome::Finished(status))
 }
 
 /// An optional pipe end that can be read and closed.
