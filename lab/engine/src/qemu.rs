@@ -20,6 +20,9 @@ use crate::vm::{Accel, Backend, BackendError, Machine, VmEvent, VmSpec};
 /// The QEMU program lab runs, unless `LAB_QEMU` names another.
 pub const QEMU: &str = "qemu-system-x86_64";
 
+/// How long one send to the agent may block before the agent counts as lost.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How much of QEMU's stderr is kept.
 const MAX_STDERR: usize = 16 * 1024;
 
@@ -279,6 +282,9 @@ fn read_agent(listener: UnixListener, writer: &AgentWriter, events: &Sender<VmEv
     };
     drop(listener);
     if let (Ok(clone), Ok(mut slot)) = (stream.try_clone(), writer.lock()) {
+        // A guest that stops reading must not wedge lab: a send that cannot make progress for
+        // this long fails, and the session counts the agent as lost.
+        let _ = clone.set_write_timeout(Some(SEND_TIMEOUT));
         *slot = Some(clone);
     }
     // A connection without QEMU's chardev on the other end is the wake-up from `Drop`.
