@@ -121,9 +121,12 @@ pub fn run(
     };
     let pid =
         libc::pid_t::try_from(child.id()).map_err(|_| io::Error::other("pid out of range"))?;
+    // Opened while the reaper is held off: once reaped, the pid could no longer be opened (or
+    // could name another process).
+    let pidfd = sys::pidfd_open(pid);
     let exited_rx = guard.register(pid);
     running.insert(id, pid);
-    let result = stream(id, job, pid, &mut child, out, started);
+    let result = pidfd.and_then(|pidfd| stream(id, job, pid, &pidfd, &mut child, out, started));
     // The exit status comes from the reaper once the process is gone (after a kill too).
     let reaped = exited_rx
         .recv()
@@ -153,6 +156,7 @@ fn stream(
     id: u32,
     job: &Job,
     pid: libc::pid_t,
+    pidfd: &std::os::fd::OwnedFd,
     child: &mut std::process::Child,
     out: &Sender,
     started: Instant,
@@ -161,7 +165,6 @@ fn stream(
         id,
         pid: pid.unsigned_abs(),
     })?;
-    let pidfd = sys::pidfd_open(pid)?;
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
     let deadline = (job.timeout_ms > 0).then(|| started + Duration::from_millis(job.timeout_ms));

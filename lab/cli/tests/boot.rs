@@ -584,3 +584,29 @@ fn a_refused_put_or_get_is_bad_input_not_a_vm_failure() {
         stderr(&out)
     );
 }
+
+#[test]
+fn many_quick_commands_in_one_vm_all_report_their_status() {
+    if !can_boot() {
+        return;
+    }
+    // Processes that end at once race guest-init's reaper; every one must still be reported.
+    let s = Scratch::new();
+    let mut args: Vec<String> = vec!["run-in-vm".into(), "-k".into(), "debian-6.12".into()];
+    for i in 0..40 {
+        args.push("-c".into());
+        args.push(if i % 2 == 0 {
+            "true".into()
+        } else {
+            format!("echo {i}")
+        });
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = s.run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let want: String = (0..40)
+        .filter(|i| i % 2 == 1)
+        .map(|i| format!("{i}\n"))
+        .collect();
+    assert_eq!(stdout(&out), want);
+}
