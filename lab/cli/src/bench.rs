@@ -24,6 +24,21 @@ pub enum BenchCommand {
         #[command(flatten)]
         vm: VmArgs,
     },
+    /// Agent round trips in one warm VM: `true` executed N times, and a put then a get of a
+    /// file of the given size.
+    Agent {
+        /// The kernel.
+        #[arg(short, long, default_value = lab_kernel::catalog::DEFAULT_KERNEL)]
+        kernel: String,
+        /// Exec round trips to time.
+        #[arg(short = 'n', long, default_value_t = 1000)]
+        execs: usize,
+        /// Size of the put/get, in KiB.
+        #[arg(long, default_value_t = 1024)]
+        kib: usize,
+        #[command(flatten)]
+        vm: VmArgs,
+    },
 }
 
 /// min / median / max of `xs` in seconds.
@@ -39,12 +54,78 @@ fn stats(xs: &mut [f64]) -> (f64, f64, f64) {
 }
 
 pub fn run(ui: &Ui, cancel: &Cancel, cmd: BenchCommand) -> anyhow::Result<u8> {
-    let BenchCommand::Boot { kernel, runs, vm } = cmd;
+    match cmd {
+        BenchCommand::Boot { kernel, runs, vm } => boot(ui, cancel, &kernel, runs, &vm),
+        BenchCommand::Agent {
+            kernel,
+            execs,
+            kib,
+            vm,
+        } => agent(ui, cancel, &kernel, execs, kib, &vm),
+    }
+}
+
+fn agent(
+    ui: &Ui,
+    cancel: &Cancel,
+    kernel: &str,
+    execs: usize,
+    kib: usize,
+    vm: &VmArgs,
+) -> anyhow::Result<u8> {
+    let mut lab: Lab = crate::open_lab()?;
+    let (prepared, accel) = crate::boot::prepare(ui, &mut lab, kernel, &[], vm.accel)?;
+    let opts = vm.boot_options(accel, Some(Duration::from_secs(60)));
+    let mut machine = lab.boot(&prepared, &opts, cancel, &mut |_| {})?;
+    let job = Job::new(["/bin/true"]);
+    let mut rtt = Vec::with_capacity(execs);
+    for i in 0..execs.max(1) {
+        let started = std::time::Instant::now();
+        let report = machine.exec(&job, Some(Duration::from_secs(60)), &mut |_| {})?;
+        rtt.push(started.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(
+            report.status == ExitStatus::Code(0),
+            "exec {i}: {}",
+            report.status
+        );
+    }
+    let data: Vec<u8> = (0..kib * 1024)
+        .map(|i| (i.wrapping_mul(31) >> 3) as u8)
+        .collect();
+    let started = std::time::Instant::now();
+    machine.put("/tmp/bench.bin", 0o644, &data)?;
+    let put_s = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let (back, _) = machine.get("/tmp/bench.bin")?;
+    let get_s = started.elapsed().as_secs_f64();
+    anyhow::ensure!(back == data, "get returned other bytes than put");
+    machine.shutdown();
+    let (r0, r1, r2) = stats(&mut rtt);
+    let mib = data.len() as f64 / (1024.0 * 1024.0);
+    println!("| kernel | backend/accel | transport | exec `true` round trip, {} runs (min / median / max) | put {kib} KiB | get {kib} KiB |", rtt.len());
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {kernel} | {}/{} | serial (ttyS1) | {r0:.2} / {r1:.2} / {r2:.2} ms | {:.2} MiB/s | {:.2} MiB/s |",
+        lab.backend().name(),
+        accel.name(),
+        mib / put_s,
+        mib / get_s
+    );
+    Ok(0)
+}
+
+fn boot(
+    ui: &Ui,
+    cancel: &Cancel,
+    kernel: &[String],
+    runs: usize,
+    vm: &VmArgs,
+) -> anyhow::Result<u8> {
     let runs = runs.max(1);
     let mut lab: Lab = crate::open_lab()?;
     println!("| kernel | release | backend/accel | runs | launch → agent ready (min / median / max) | launch → exit (min / median / max) | retries |");
     println!("|---|---|---|---|---|---|---|");
-    for name in &kernel {
+    for name in kernel {
         let (prepared, auto) = crate::boot::prepare(ui, &mut lab, name, &[], vm.accel)?;
         // TCG always; KVM too when it boots this kernel.
         let mut accels = vec![Accel::Tcg];

@@ -1,0 +1,67 @@
+//! End-to-end tests of the agent conversation through the library: one real VM serving many
+//! requests must not leak host resources.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+use std::time::Duration;
+
+use lab_engine::cancel::Cancel;
+use lab_engine::lab::Lab;
+use lab_engine::qemu::QemuBackend;
+use lab_engine::session::BootOptions;
+use lab_engine::vm::Accel;
+use lab_kernel::cache::Cache;
+use lab_proto::{ExitStatus, Job};
+
+static GUEST_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-init"));
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+#[test]
+fn a_hundred_exec_round_trips_leave_fds_and_threads_where_they_were() {
+    let Ok(backend) = QemuBackend::find() else {
+        assert!(
+            std::env::var("LAB_E2E").as_deref() != Ok("1"),
+            "LAB_E2E=1 but QEMU is missing"
+        );
+        eprintln!("SKIPPED: qemu-system-x86_64 not installed");
+        return;
+    };
+    let mut lab = Lab::new(Cache::from_env().unwrap(), Box::new(backend), GUEST_INIT);
+    let prepared = lab.prepare("debian-6.1", &[], &|_| {}).unwrap();
+    let opts = BootOptions {
+        accel: Accel::Tcg,
+        ..BootOptions::default()
+    };
+    let mut vm = lab
+        .boot(&prepared, &opts, &Cancel::new(), &mut |_| {})
+        .unwrap();
+    // One warm-up round, so lazily created host resources exist before counting.
+    vm.exec(&Job::new(["/bin/true"]), None, &mut |_| {})
+        .unwrap();
+    let (fds, threads) = (count("/proc/self/fd"), count("/proc/self/task"));
+    for i in 0..100 {
+        let job = Job::new([
+            "/bin/sh",
+            "-c",
+            &format!("echo {i}; echo {i} >&2; exit {}", i % 3),
+        ]);
+        let mut out = Vec::new();
+        let report = vm
+            .exec(&job, Some(Duration::from_secs(60)), &mut |e| {
+                if let lab_engine::session::SessionEvent::Output(_, d) = e {
+                    out.extend_from_slice(d);
+                }
+            })
+            .unwrap();
+        assert_eq!(report.status, ExitStatus::Code(i % 3));
+        assert_eq!(out, format!("{i}\n{i}\n").into_bytes());
+    }
+    assert_eq!(count("/proc/self/fd"), fds, "host fds leaked");
+    assert_eq!(count("/proc/self/task"), threads, "host threads leaked");
+    vm.shutdown();
+}
