@@ -90,10 +90,10 @@ fn run(channel: &mut Option<Sender>) -> Result<(), Failure> {
     let module_notes = modules::load_all(&release);
     let reaper = reaper::Reaper::start().map_err(|e| fail("reaper", e))?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let channel_path =
-        param(&cmdline, "lab.channel").unwrap_or(lab_proto::DEFAULT_CHANNEL.to_string());
-    let (input, out) = channel::open(&channel_path)
-        .map_err(|e| fail("channel", format!("cannot open {channel_path}: {e}")))?;
+    let spec = param(&cmdline, "lab.channel").unwrap_or(lab_proto::DEFAULT_CHANNEL.to_string());
+    let endpoint = channel::Endpoint::parse(&spec).map_err(|e| fail("channel", e))?;
+    let (input, out) = channel::open(&endpoint)
+        .map_err(|e| fail("channel", format!("cannot open {spec}: {e}")))?;
     let out = channel.insert(out);
     let agent_version = env!("CARGO_PKG_VERSION").to_string();
     out.send(&GuestMessage::Hello {

@@ -109,6 +109,25 @@ pub fn make_raw(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// A stream connected over AF_VSOCK to `port` on `cid` (2 is the host).
+pub fn vsock_connect(cid: u32, port: u32) -> io::Result<OwnedFd> {
+    // SAFETY: socket takes integers only; the result is checked before use.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain old data; zeroed is a valid value whose fields are set below.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_vm>())
+        .expect("sockaddr_vm is small");
+    // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes that outlives the call; the fd is open.
+    check(unsafe { libc::connect(sock.as_raw_fd(), std::ptr::addr_of!(addr).cast(), len) })?;
+    Ok(sock)
+}
+
 /// `pidfd_open(2)`: an fd that polls readable when `pid` exits.
 pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes two integers; the result is checked before use.
