@@ -112,6 +112,27 @@ impl Scratch {
         out
     }
 
+    /// Starts `lab boot -- sleep 1000` and returns once its VM process exists.
+    fn sleeping_vm(&self) -> std::process::Child {
+        let child = self
+            .lab()
+            .args(["boot", "--", "sleep", "1000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let needle = self.dir.path().to_string_lossy().into_owned();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while processes_mentioning(&needle)
+            .iter()
+            .all(|p| !p.contains("qemu"))
+        {
+            assert!(Instant::now() < deadline, "vm never started");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        child
+    }
+
     /// No leftovers: the scratch dir is empty and no process refers to it.
     fn assert_clean(&self) {
         let left: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
@@ -332,23 +353,7 @@ fn an_interrupted_run_tears_its_vm_down() {
         return;
     }
     let s = Scratch::new();
-    let mut child = s
-        .lab()
-        .args(["boot", "--", "sleep", "1000"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the VM process exists, then interrupt lab.
-    let needle = s.dir.path().to_string_lossy().into_owned();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while processes_mentioning(&needle)
-        .iter()
-        .all(|p| !p.contains("qemu"))
-    {
-        assert!(Instant::now() < deadline, "vm never started");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut child = s.sleeping_vm();
     std::thread::sleep(Duration::from_secs(2));
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -365,22 +370,8 @@ fn a_killed_lab_takes_its_vm_along_and_the_next_run_sweeps_its_files() {
         return;
     }
     let s = Scratch::new();
-    let mut child = s
-        .lab()
-        .args(["boot", "--", "sleep", "1000"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = s.sleeping_vm();
     let needle = s.dir.path().to_string_lossy().into_owned();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while processes_mentioning(&needle)
-        .iter()
-        .all(|p| !p.contains("qemu"))
-    {
-        assert!(Instant::now() < deadline, "vm never started");
-        std::thread::sleep(Duration::from_millis(200));
-    }
     child.kill().unwrap(); // SIGKILL: lab runs no cleanup at all
     child.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
