@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,6 +31,18 @@ const MAX_STDERR: usize = 16 * 1024;
 pub struct QemuBackend {
     binary: PathBuf,
     pdeathsig: Option<PathBuf>,
+    vsock: Option<VsockBackend>,
+}
+
+/// How to start the vhost-user vsock backend for a VM: a program (lab itself, with a hidden
+/// subcommand) that gets `--socket VHOST_USER --uds UDS --cid CID` appended, prints one line
+/// `listening` on stdout once QEMU may connect, and serves until QEMU disconnects.
+#[derive(Debug, Clone)]
+pub struct VsockBackend {
+    /// The program.
+    pub program: PathBuf,
+    /// Its leading arguments.
+    pub args: Vec<OsString>,
 }
 
 /// Finds `program` on `PATH` (or takes it as a path if it has a slash).
@@ -56,7 +68,103 @@ impl QemuBackend {
         // util-linux's setpriv ties QEMU's life to lab's: if lab dies, even by SIGKILL, the
         // kernel kills QEMU, so no VM outlives the run that started it.
         let pdeathsig = which("setpriv");
-        Ok(Self { binary, pdeathsig })
+        Ok(Self {
+            binary,
+            pdeathsig,
+            vsock: None,
+        })
+    }
+
+    /// Carries the agent over the lab's own virtio-vsock device, served by `backend`, instead
+    /// of the second UART.
+    pub fn with_vsock(mut self, backend: VsockBackend) -> Self {
+        self.vsock = Some(backend);
+        self
+    }
+
+    /// The agent transport VMs of this backend get.
+    pub fn channel_name(&self) -> &'static str {
+        if self.vsock.is_some() {
+            "vsock"
+        } else {
+            "serial"
+        }
+    }
+
+    /// `program args…` under `setpriv --pdeathsig KILL` when available: the child dies with lab.
+    fn command(&self, program: &Path) -> Command {
+        match &self.pdeathsig {
+            Some(setpriv) => {
+                let mut c = Command::new(setpriv);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// Starts the vsock backend for the VM of `spec` (sockets `vhost.sock` for QEMU and
+    /// `vsock.sock` for the host side, in its work directory) and waits for it to listen.
+    fn start_vsock(
+        &self,
+        backend: &VsockBackend,
+        spec: &VmSpec,
+        stderr_text: &Arc<Mutex<String>>,
+        events: &Sender<VmEvent>,
+        threads: &mut Vec<JoinHandle<()>>,
+    ) -> Result<Child, BackendError> {
+        let (vhost_user, uds) = vsock_paths(spec);
+        let tag = &spec.name;
+        let mut cmd = self.command(&backend.program);
+        cmd.args(&backend.args)
+            .arg("--socket")
+            .arg(&vhost_user)
+            .arg("--uds")
+            .arg(&uds)
+            .arg("--cid")
+            .arg(GUEST_CID.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(BackendError::Spawn)?;
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let stderr = child.stderr.take().expect("stderr was piped");
+        let mut line = String::new();
+        let listening =
+            BufReader::new(stdout).read_line(&mut line).is_ok() && line.trim() == "listening";
+        if !listening {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut err = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut err);
+            return Err(BackendError::Spawn(std::io::Error::other(format!(
+                "the vsock backend did not start: {}",
+                err.trim()
+            ))));
+        }
+        // The backend ends when QEMU disconnects; before that, only because the guest broke the
+        // device or it failed: then the VM's agent channel is gone, and the VM with it.
+        let (text, events) = (stderr_text.clone(), events.clone());
+        let f = Box::new(move || {
+            let mut err = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut err);
+            let err = err.trim();
+            if let Ok(mut t) = text.lock() {
+                if !err.is_empty() && t.len() < MAX_STDERR {
+                    t.push_str(err);
+                    t.push('\n');
+                }
+            }
+            if let Some(last) = err.lines().last() {
+                let _ = events.send(VmEvent::Fault(format!("vsock device: {}", last.trim())));
+            }
+        });
+        let t = std::thread::Builder::new()
+            .name(format!("{tag}-vsock"))
+            .spawn(f)
+            .map_err(BackendError::Spawn)?;
+        threads.push(t);
+        Ok(child)
     }
 
     /// The QEMU program.
@@ -104,49 +212,132 @@ pub fn full_cmdline(spec: &VmSpec, tsc_khz: Option<u64>) -> String {
     }
 }
 
-/// QEMU's arguments for `spec`, with the agent UART connecting to `agent_socket`.
-pub fn args(spec: &VmSpec, agent_socket: &Path) -> Vec<OsString> {
+/// How the agent talks to lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channel {
+    /// The second UART (ttyS1), wired by QEMU to a Unix socket lab listens on. Works with any
+    /// kernel that has an 8250 driver; slow (well under 1 MiB/s).
+    Serial {
+        /// The socket QEMU connects the UART to.
+        socket: PathBuf,
+    },
+    /// The lab's own virtio-vsock device, served to QEMU over vhost-user by a backend process;
+    /// the guest connects to the host's `port`, which reaches `<uds>_<port>`.
+    Vsock {
+        /// The vhost-user socket the backend listens on for QEMU.
+        vhost_user: PathBuf,
+    },
+}
+
+/// The vhost-user socket and the hybrid-vsock socket of the VM of `spec`.
+fn vsock_paths(spec: &VmSpec) -> (PathBuf, PathBuf) {
+    (
+        spec.workdir.join("vhost.sock"),
+        spec.workdir.join("vsock.sock"),
+    )
+}
+
+/// The vsock port guest-init connects to on the host.
+pub const AGENT_PORT: u32 = 1024;
+
+/// The guest's vsock context id.
+pub const GUEST_CID: u32 = 3;
+
+/// The words the backend adds to the kernel command line: the channel, and under TCG the TSC
+/// rate (see [`full_cmdline`]).
+fn channel_param(channel: &Channel) -> String {
+    match channel {
+        Channel::Serial { .. } => "lab.channel=/dev/ttyS1".to_string(),
+        Channel::Vsock { .. } => format!("lab.channel=vsock:{AGENT_PORT}"),
+    }
+}
+
+/// QEMU's arguments for `spec` with the agent on `channel`.
+pub fn args(spec: &VmSpec, channel: &Channel) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
-    let mut push = |s: &str| a.push(s.into());
+    let push = |a: &mut Vec<OsString>, s: &str| a.push(s.into());
+    let path_arg = |prefix: &str, path: &Path| {
+        let mut s = OsString::from(prefix);
+        s.push(path.as_os_str());
+        s
+    };
+    let vsock = matches!(channel, Channel::Vsock { .. });
     // microvm: no PCI, no firmware tables beyond what Linux needs; ACPI stays on so that
-    // kernels power off through it and so Debian kernels can find devices described there.
-    push("-M");
-    push("microvm,acpi=on,rtc=on");
-    push("-accel");
-    push(spec.accel.name());
-    push("-cpu");
+    // kernels power off through it and so Debian kernels find the virtio-mmio devices it
+    // describes. A vhost-user device needs guest RAM the backend process can map: a shared
+    // memfd.
+    push(&mut a, "-M");
+    push(
+        &mut a,
+        if vsock {
+            "microvm,acpi=on,rtc=on,memory-backend=mem"
+        } else {
+            "microvm,acpi=on,rtc=on"
+        },
+    );
+    push(&mut a, "-accel");
+    push(&mut a, spec.accel.name());
+    push(&mut a, "-cpu");
     // Under KVM the host CPU, less the MSR some nested hosts cannot emulate; under TCG, the
     // most capable emulated CPU.
-    push(match spec.accel {
-        Accel::Kvm => "host,-arch-capabilities",
-        Accel::Tcg => "max",
-    });
-    push("-smp");
-    push(&spec.cpus.to_string());
-    push("-m");
-    push(&format!("{}M", spec.memory_mib));
+    push(
+        &mut a,
+        match spec.accel {
+            Accel::Kvm => "host,-arch-capabilities",
+            Accel::Tcg => "max",
+        },
+    );
+    push(&mut a, "-smp");
+    push(&mut a, &spec.cpus.to_string());
+    push(&mut a, "-m");
+    push(&mut a, &format!("{}M", spec.memory_mib));
+    if vsock {
+        push(&mut a, "-object");
+        push(
+            &mut a,
+            &format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                spec.memory_mib
+            ),
+        );
+    }
     for fixed in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
-        push(fixed);
+        push(&mut a, fixed);
     }
     // The console: first UART on QEMU's stdout.
-    push("-chardev");
-    push("stdio,id=console,signal=off");
-    push("-serial");
-    push("chardev:console");
-    // The agent channel: second UART (ttyS1, 0x2f8, IRQ 3) to lab's socket.
-    push("-chardev");
-    let mut sock = OsString::from("socket,id=agent,path=");
-    sock.push(agent_socket.as_os_str());
-    a.push(sock);
-    let mut push = |s: &str| a.push(s.into());
-    push("-device");
-    push("isa-serial,chardev=agent,index=1");
-    push("-kernel");
+    push(&mut a, "-chardev");
+    push(&mut a, "stdio,id=console,signal=off");
+    push(&mut a, "-serial");
+    push(&mut a, "chardev:console");
+    match channel {
+        Channel::Serial { socket } => {
+            // The second UART (ttyS1, 0x2f8, IRQ 3) to lab's socket.
+            push(&mut a, "-chardev");
+            a.push(path_arg("socket,id=agent,path=", socket));
+            push(&mut a, "-device");
+            push(&mut a, "isa-serial,chardev=agent,index=1");
+        }
+        Channel::Vsock { vhost_user } => {
+            // Modern (virtio 1.x) virtio-mmio transport for the vhost-user device.
+            push(&mut a, "-global");
+            push(&mut a, "virtio-mmio.force-legacy=false");
+            push(&mut a, "-chardev");
+            a.push(path_arg("socket,id=vsock,path=", vhost_user));
+            push(&mut a, "-device");
+            push(&mut a, "vhost-user-vsock-device,chardev=vsock");
+        }
+    }
+    push(&mut a, "-kernel");
     a.push(spec.kernel.clone().into_os_string());
-    a.push("-initrd".into());
+    push(&mut a, "-initrd");
     a.push(spec.initrd.clone().into_os_string());
-    a.push("-append".into());
-    a.push(full_cmdline(spec, host_tsc_khz()).into());
+    push(&mut a, "-append");
+    let cmdline = format!(
+        "{} {}",
+        full_cmdline(spec, host_tsc_khz()),
+        channel_param(channel)
+    );
+    a.push(cmdline.into());
     a
 }
 
@@ -160,34 +351,70 @@ impl Backend for QemuBackend {
         spec: &VmSpec,
         events: Sender<VmEvent>,
     ) -> Result<Box<dyn Machine>, BackendError> {
-        let socket = spec.workdir.join("agent.sock");
-        let listener = UnixListener::bind(&socket).map_err(BackendError::Spawn)?;
         let console_log =
             File::create(spec.workdir.join("console.log")).map_err(BackendError::Spawn)?;
-        let mut cmd = match &self.pdeathsig {
-            Some(setpriv) => {
-                let mut c = Command::new(setpriv);
-                c.args(["--pdeathsig", "KILL", "--"]).arg(&self.binary);
-                c
-            }
-            None => Command::new(&self.binary),
+        let scanner = Arc::new(Mutex::new(ConsoleScanner::new()));
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let mut threads = Vec::new();
+        let tag = spec.name.clone();
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name).spawn(f)
         };
-        cmd.args(args(spec, &socket))
+
+        // The agent's listener exists before anything starts: QEMU's UART (serial) or the
+        // guest's vsock connection (through the backend's hybrid socket) reaches it.
+        let (channel, agent_socket, helper) = match &self.vsock {
+            None => {
+                let socket = spec.workdir.join("agent.sock");
+                (
+                    Channel::Serial {
+                        socket: socket.clone(),
+                    },
+                    socket,
+                    None,
+                )
+            }
+            Some(backend) => {
+                let (vhost_user, uds) = vsock_paths(spec);
+                let mut agent = uds.into_os_string();
+                agent.push(format!("_{AGENT_PORT}"));
+                let agent = PathBuf::from(agent);
+                let listener = UnixListener::bind(&agent).map_err(BackendError::Spawn)?;
+                let helper =
+                    self.start_vsock(backend, spec, &stderr_text, &events, &mut threads)?;
+                (
+                    Channel::Vsock { vhost_user },
+                    agent,
+                    Some((helper, listener)),
+                )
+            }
+        };
+        let (helper, listener) = match helper {
+            Some((h, l)) => (Some(h), l),
+            None => (
+                None,
+                UnixListener::bind(&agent_socket).map_err(BackendError::Spawn)?,
+            ),
+        };
+
+        let mut cmd = self.command(&self.binary);
+        cmd.args(args(spec, &channel))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .current_dir(&spec.workdir);
-        let mut child = cmd.spawn().map_err(BackendError::Spawn)?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(mut h) = helper {
+                    let _ = h.kill();
+                    let _ = h.wait();
+                }
+                return Err(BackendError::Spawn(e));
+            }
+        };
         let stdout = child.stdout.take().expect("stdout was piped");
         let stderr = child.stderr.take().expect("stderr was piped");
-
-        let scanner = Arc::new(Mutex::new(ConsoleScanner::new()));
-        let stderr_text = Arc::new(Mutex::new(String::new()));
-        let mut threads = Vec::new();
-        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new().name(name).spawn(f)
-        };
-        let tag = spec.name.clone();
         {
             let (scanner, events) = (scanner.clone(), events.clone());
             let f = Box::new(move || read_console(stdout, console_log, &scanner, &events));
@@ -206,7 +433,8 @@ impl Backend for QemuBackend {
         }
         Ok(Box::new(QemuMachine {
             child,
-            socket,
+            helper,
+            socket: agent_socket,
             writer,
             scanner,
             stderr: stderr_text,
@@ -315,6 +543,8 @@ fn read_agent(listener: UnixListener, writer: &AgentWriter, events: &Sender<VmEv
 /// A running QEMU.
 struct QemuMachine {
     child: Child,
+    /// The vsock backend process, when the agent rides on vsock.
+    helper: Option<Child>,
     socket: PathBuf,
     writer: AgentWriter,
     scanner: Arc<Mutex<ConsoleScanner>>,
@@ -360,6 +590,9 @@ impl Machine for QemuMachine {
         if self.reaped.is_none() {
             let _ = self.child.kill();
         }
+        if let Some(h) = self.helper.as_mut() {
+            let _ = h.kill();
+        }
     }
 
     fn wait(&mut self) -> Option<i32> {
@@ -368,6 +601,10 @@ impl Machine for QemuMachine {
         }
         let code = self.child.wait().ok().and_then(|s| s.code());
         self.reaped = Some(code);
+        // QEMU is gone, so the backend's vhost-user connection closed and it ends by itself.
+        if let Some(h) = self.helper.as_mut() {
+            let _ = h.wait();
+        }
         code
     }
 }
@@ -410,11 +647,13 @@ mod tests {
     }
 
     #[test]
-    fn arguments_describe_a_microvm_with_two_uarts() {
-        let a = joined(&args(&spec(Accel::Tcg), Path::new("/w/agent.sock")));
+    fn serial_arguments_describe_a_microvm_with_two_uarts() {
+        let channel = Channel::Serial {
+            socket: "/w/agent.sock".into(),
+        };
+        let a = joined(&args(&spec(Accel::Tcg), &channel));
         for want in [
-            "-M microvm,acpi=on,rtc=on",
-            "-accel tcg -cpu max",
+            "-M microvm,acpi=on,rtc=on -accel tcg -cpu max",
             "-smp 2 -m 512M",
             "-no-reboot",
             "-serial chardev:console",
@@ -424,15 +663,39 @@ mod tests {
         ] {
             assert!(a.contains(want), "{want:?} missing from {a}");
         }
-        let a = joined(&args(&spec(Accel::Kvm), Path::new("/w/agent.sock")));
+        assert!(!a.contains("vhost-user"), "{a}");
+        assert!(a.ends_with(" lab.channel=/dev/ttyS1"), "{a}");
+        let a = joined(&args(&spec(Accel::Kvm), &channel));
         assert!(a.contains("-accel kvm -cpu host,-arch-capabilities"), "{a}");
     }
 
     #[test]
+    fn vsock_arguments_share_guest_memory_with_the_backend() {
+        let channel = Channel::Vsock {
+            vhost_user: "/w/vhost.sock".into(),
+        };
+        let a = joined(&args(&spec(Accel::Tcg), &channel));
+        for want in [
+            "-M microvm,acpi=on,rtc=on,memory-backend=mem",
+            "-m 512M -object memory-backend-memfd,id=mem,size=512M,share=on",
+            "-global virtio-mmio.force-legacy=false",
+            "socket,id=vsock,path=/w/vhost.sock",
+            "vhost-user-vsock-device,chardev=vsock",
+        ] {
+            assert!(a.contains(want), "{want:?} missing from {a}");
+        }
+        assert!(!a.contains("isa-serial"), "{a}");
+        assert!(a.ends_with(" lab.channel=vsock:1024"), "{a}");
+    }
+
+    #[test]
     fn the_command_line_stays_one_argument() {
-        let a = args(&spec(Accel::Kvm), Path::new("/w/a.sock"));
+        let channel = Channel::Serial {
+            socket: "/w/a.sock".into(),
+        };
+        let a = args(&spec(Accel::Kvm), &channel);
         let at = a.iter().position(|s| s == "-append").unwrap();
-        assert_eq!(a[at + 1], "console=ttyS0 panic=-1");
+        assert_eq!(a[at + 1], "console=ttyS0 panic=-1 lab.channel=/dev/ttyS1");
     }
 
     #[test]

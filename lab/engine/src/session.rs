@@ -83,7 +83,6 @@ pub fn cmdline(extra: &[String]) -> String {
         "loglevel=4",
         "8250.nr_uarts=4",
         "rdinit=/init",
-        "lab.channel=/dev/ttyS1",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -1372,10 +1371,10 @@ mod tests {
     }
 
     #[test]
-    fn the_command_line_carries_the_channel_and_extra_words() {
+    fn the_command_line_carries_lab_s_words_and_extra_ones() {
         let c = cmdline(&["loglevel=8".into()]);
         assert!(c.starts_with("console=ttyS0 panic=-1"), "{c}");
-        assert!(c.contains("lab.channel=/dev/ttyS1"), "{c}");
+        assert!(c.contains("rdinit=/init"), "{c}");
         assert!(c.ends_with(" loglevel=8"), "{c}");
     }
 }
