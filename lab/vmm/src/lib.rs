@@ -1,0 +1,6 @@
+//! lab-vmm: the lab's own virtual-machine devices. Today that is the virtio-vsock device, served
+//! to QEMU out of process as a vhost-user backend ([`vhost_user::serve`]); it is written so that
+//! the lab's own KVM VMM can later run it in process.
+
+pub mod devices;
+pub mod vhost_user;
