@@ -73,7 +73,7 @@ fn agent(
     kib: usize,
     vm: &VmArgs,
 ) -> anyhow::Result<u8> {
-    let mut lab: Lab = crate::open_lab()?;
+    let mut lab: Lab = crate::open_lab(vm.channel)?;
     let (prepared, accel) = crate::boot::prepare(ui, &mut lab, kernel, &[], vm.accel)?;
     let opts = vm.boot_options(accel, Some(Duration::from_secs(60)));
     let mut machine = lab.boot(&prepared, &opts, cancel, &mut |_| {})?;
@@ -105,9 +105,13 @@ fn agent(
     println!("| kernel | backend/accel | transport | exec `true` round trip, {} runs (min / median / max) | put {kib} KiB | get {kib} KiB |", rtt.len());
     println!("|---|---|---|---|---|---|");
     println!(
-        "| {kernel} | {}/{} | serial (ttyS1) | {r0:.2} / {r1:.2} / {r2:.2} ms | {:.2} MiB/s | {:.2} MiB/s |",
+        "| {kernel} | {}/{} | {} | {r0:.2} / {r1:.2} / {r2:.2} ms | {:.2} MiB/s | {:.2} MiB/s |",
         lab.backend().name(),
         accel.name(),
+        match vm.channel {
+            crate::ChannelArg::Vsock => "vsock (lab-vmm)",
+            crate::ChannelArg::Serial => "serial (ttyS1)",
+        },
         mib / put_s,
         mib / get_s
     );
@@ -122,7 +126,7 @@ fn boot(
     vm: &VmArgs,
 ) -> anyhow::Result<u8> {
     let runs = runs.max(1);
-    let mut lab: Lab = crate::open_lab()?;
+    let mut lab: Lab = crate::open_lab(vm.channel)?;
     println!("| kernel | release | backend/accel | runs | launch → agent ready (min / median / max) | launch → exit (min / median / max) | retries |");
     println!("|---|---|---|---|---|---|---|");
     for name in kernel {

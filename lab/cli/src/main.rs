@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use lab_engine::accel::AccelRequest;
 use lab_engine::cancel::Cancel;
 use lab_engine::lab::Lab;
-use lab_engine::qemu::QemuBackend;
+use lab_engine::qemu::{QemuBackend, VsockBackend};
 use lab_engine::session::BootOptions;
 use lab_engine::vm::Accel;
 use lab_kernel::cache::Cache;
@@ -70,6 +70,56 @@ enum Command {
     /// Measure the lab.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// (internal) Serve one VM's virtio-vsock device to QEMU over vhost-user; lab starts one
+    /// per VM. Prints `listening` once QEMU may connect.
+    #[command(name = "__vsock-backend", hide = true)]
+    VsockBackend {
+        /// The vhost-user socket QEMU connects to.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The hybrid-vsock Unix socket (host side).
+        #[arg(long)]
+        uds: PathBuf,
+        /// The guest's context id.
+        #[arg(long)]
+        cid: u64,
+    },
+}
+
+/// The hidden `__vsock-backend` command: binds both sockets, says so, and serves until QEMU
+/// disconnects. A guest that breaks the device ends it with an error on stderr, which lab
+/// reports as that VM's failure.
+fn vsock_backend(socket: &std::path::Path, uds: &std::path::Path, cid: u64) -> anyhow::Result<u8> {
+    use std::io::Write;
+    // The backend's errors carry rust-vmm errors that are not Sync: rendered as text here.
+    fn text(e: &dyn std::error::Error) -> anyhow::Error {
+        let mut s = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            s.push_str(": ");
+            s.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        anyhow::anyhow!(s)
+    }
+    let server = lab_vmm::vhost_user::VsockServer::bind(socket, uds, cid).map_err(|e| text(&e))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening")?;
+    out.flush()?;
+    drop(out);
+    server.run().map_err(|e| text(&e))?;
+    Ok(0)
+}
+
+/// How the guest agent talks to lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ChannelArg {
+    /// The lab's own virtio-vsock device (fast; needs vsock in the guest kernel, which every
+    /// catalog kernel has).
+    #[default]
+    Vsock,
+    /// The second UART (slow, but any kernel with an 8250 driver has it).
+    Serial,
 }
 
 /// How guests are executed.
@@ -100,6 +150,9 @@ pub struct VmArgs {
     /// How guests are executed.
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     accel: AccelArg,
+    /// How the guest agent talks to lab.
+    #[arg(long, value_enum, default_value_t = ChannelArg::Vsock)]
+    channel: ChannelArg,
     /// vCPUs per VM.
     #[arg(long, default_value_t = 1)]
     cpus: u32,
@@ -140,10 +193,18 @@ impl VmArgs {
     }
 }
 
-/// The cache and the lab over it.
-pub fn open_lab() -> anyhow::Result<Lab> {
+/// The cache and the lab over it, its VMs' agents on `channel`.
+pub fn open_lab(channel: ChannelArg) -> anyhow::Result<Lab> {
     let cache = Cache::from_env()?;
-    let backend = QemuBackend::find()?;
+    let mut backend = QemuBackend::find()?;
+    if channel == ChannelArg::Vsock {
+        // The vsock backend is this very program, run with a hidden subcommand.
+        let program = std::env::current_exe()?;
+        backend = backend.with_vsock(VsockBackend {
+            program,
+            args: vec!["__vsock-backend".into()],
+        });
+    }
     Ok(Lab::new(cache, Box::new(backend), GUEST_INIT))
 }
 
@@ -183,6 +244,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor::run(&ui, args),
         Command::Kernel(cmd) => kernel::run(&ui, cmd),
         Command::Bench(cmd) => bench::run(&ui, &cancel, cmd),
+        Command::VsockBackend { socket, uds, cid } => vsock_backend(&socket, &uds, cid),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -601,3 +601,37 @@ fn many_quick_commands_in_one_vm_all_report_their_status() {
         .collect();
     assert_eq!(stdout(&out), want);
 }
+
+#[test]
+fn both_agent_channels_carry_commands_and_files() {
+    if !can_boot() {
+        return;
+    }
+    let s = Scratch::new();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("in");
+    std::fs::write(&src, b"over the channel\n").unwrap();
+    for channel in ["vsock", "serial"] {
+        let put = format!("{}:/tmp/in", src.display());
+        let out = s.run(&[
+            "boot",
+            "--channel",
+            channel,
+            "--put",
+            &put,
+            "--",
+            "sh",
+            "-c",
+            "cat /tmp/in; cat /proc/cmdline",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{channel}");
+        let text = stdout(&out);
+        assert!(text.starts_with("over the channel\n"), "{channel}: {text}");
+        let want = if channel == "vsock" {
+            "lab.channel=vsock:1024"
+        } else {
+            "lab.channel=/dev/ttyS1"
+        };
+        assert!(text.contains(want), "{channel}: {text}");
+    }
+}
