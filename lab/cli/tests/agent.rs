@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lab_engine::cancel::Cancel;
 use lab_engine::lab::Lab;
-use lab_engine::qemu::QemuBackend;
+use lab_engine::qemu::{QemuBackend, VsockBackend};
 use lab_engine::session::BootOptions;
 use lab_engine::vm::Accel;
 use lab_kernel::cache::Cache;
@@ -31,6 +31,11 @@ fn a_hundred_exec_round_trips_leave_fds_and_threads_where_they_were() {
         eprintln!("SKIPPED: qemu-system-x86_64 not installed");
         return;
     };
+    // The default transport: the lab's own vsock device, served by lab itself per VM.
+    let backend = backend.with_vsock(VsockBackend {
+        program: env!("CARGO_BIN_EXE_lab").into(),
+        args: vec!["__vsock-backend".into()],
+    });
     let mut lab = Lab::new(Cache::from_env().unwrap(), Box::new(backend), GUEST_INIT);
     let prepared = lab.prepare("debian-6.1", &[], &|_| {}).unwrap();
     let opts = BootOptions {
@@ -64,4 +69,48 @@ fn a_hundred_exec_round_trips_leave_fds_and_threads_where_they_were() {
     assert_eq!(count("/proc/self/fd"), fds, "host fds leaked");
     assert_eq!(count("/proc/self/task"), threads, "host threads leaked");
     vm.shutdown();
+}
+
+#[test]
+fn booting_and_shutting_down_vms_leaves_fds_and_threads_where_they_were() {
+    let Ok(backend) = QemuBackend::find() else {
+        assert!(
+            std::env::var("LAB_E2E").as_deref() != Ok("1"),
+            "LAB_E2E=1 but QEMU is missing"
+        );
+        eprintln!("SKIPPED: qemu-system-x86_64 not installed");
+        return;
+    };
+    let backend = backend.with_vsock(VsockBackend {
+        program: env!("CARGO_BIN_EXE_lab").into(),
+        args: vec!["__vsock-backend".into()],
+    });
+    let mut lab = Lab::new(Cache::from_env().unwrap(), Box::new(backend), GUEST_INIT);
+    let prepared = lab
+        .prepare("lab-6.1", &[], &|_| {})
+        .or_else(|_| lab.prepare("debian-6.1", &[], &|_| {}))
+        .unwrap();
+    let opts = BootOptions {
+        accel: Accel::Tcg,
+        ..BootOptions::default()
+    };
+    let cycle = |lab: &Lab| {
+        let mut vm = lab
+            .boot(&prepared, &opts, &Cancel::new(), &mut |_| {})
+            .unwrap();
+        vm.exec(&Job::new(["/bin/true"]), None, &mut |_| {})
+            .unwrap();
+        vm.shutdown();
+    };
+    cycle(&lab);
+    let (fds, threads) = (count("/proc/self/fd"), count("/proc/self/task"));
+    for _ in 0..3 {
+        cycle(&lab);
+    }
+    assert_eq!(count("/proc/self/fd"), fds, "host fds leaked across VMs");
+    assert_eq!(
+        count("/proc/self/task"),
+        threads,
+        "host threads leaked across VMs"
+    );
 }
