@@ -89,6 +89,29 @@ pub fn run(
         };
     }
     cmd.current_dir(if job.cwd.is_empty() { "/" } else { &job.cwd });
+    if let Some((uid, gid)) = job.user {
+        // In the child, std sets the group, then (as PID 1 runs as root) drops the supplementary
+        // groups, then sets the user.
+        cmd.uid(uid).gid(gid);
+    }
+    if let Some(option) = job.isolation.first() {
+        // The suites' execenvs will define these; until then, refuse rather than run
+        // unisolated what asked to be isolated.
+        let line =
+            format!("lab: isolation option '{option}' is not supported by this guest agent\n");
+        out.send(&GuestMessage::Output {
+            id,
+            stream: Stream::Stderr,
+            data: line.into_bytes(),
+        })?;
+        let status = ExitStatus::Code(126);
+        out.send(&GuestMessage::Exit {
+            id,
+            status,
+            usage: Usage::default(),
+        })?;
+        return Ok(status);
+    }
     // SAFETY: the closure only calls setsid, which is async-signal-safe, between fork and exec.
     unsafe {
         cmd.pre_exec(sys::setsid);

@@ -45,6 +45,9 @@ pub struct GuestArgs {
     /// Working directory of the commands in the guest.
     #[arg(long, default_value = "/")]
     cwd: String,
+    /// Run the commands as this user instead of root: UID or UID:GID (GID defaults to UID).
+    #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
+    user: Option<(u32, u32)>,
     #[command(flatten)]
     vm: VmArgs,
 }
@@ -271,6 +274,20 @@ fn job(args: &GuestArgs, argv: Vec<String>) -> Job {
         env: args.env.clone(),
         cwd: args.cwd.clone(),
         timeout_ms: 0,
+        user: args.user,
+        isolation: Vec::new(),
+    }
+}
+
+/// `UID` or `UID:GID`.
+fn parse_user(arg: &str) -> Result<(u32, u32), String> {
+    let number = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|_| format!("'{s}' is not a numeric id"))
+    };
+    match arg.split_once(':') {
+        Some((u, g)) => Ok((number(u)?, number(g)?)),
+        None => number(arg).map(|u| (u, u)),
     }
 }
 
@@ -300,6 +317,14 @@ pub fn run_in_vm(ui: &Ui, cancel: &Cancel, args: RunInVmArgs) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users_parse_as_numbers() {
+        assert_eq!(parse_user("65534"), Ok((65534, 65534)));
+        assert_eq!(parse_user("1000:100"), Ok((1000, 100)));
+        assert!(parse_user("nobody").is_err());
+        assert!(parse_user("1:x").is_err());
+    }
 
     #[test]
     fn gets_parse_with_and_without_a_host_path() {

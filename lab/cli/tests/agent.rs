@@ -68,6 +68,19 @@ fn a_hundred_exec_round_trips_leave_fds_and_threads_where_they_were() {
     }
     assert_eq!(count("/proc/self/fd"), fds, "host fds leaked");
     assert_eq!(count("/proc/self/task"), threads, "host threads leaked");
+    // Isolation options are reserved for the suites' execenvs: refused, not ignored.
+    let mut job = Job::new(["/bin/true"]);
+    job.isolation = vec!["vnet".into()];
+    let mut err = Vec::new();
+    let report = vm
+        .exec(&job, None, &mut |e| {
+            if let lab_engine::session::SessionEvent::Output(_, d) = e {
+                err.extend_from_slice(d);
+            }
+        })
+        .unwrap();
+    assert_eq!(report.status, ExitStatus::Code(126));
+    assert!(String::from_utf8_lossy(&err).contains("isolation option 'vnet' is not supported"));
     vm.shutdown();
 }
 

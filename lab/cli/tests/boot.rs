@@ -467,16 +467,28 @@ fn files_put_into_the_lab_config_guest_come_back_byte_identical() {
 }
 
 #[test]
-fn output_streams_live_and_in_order_while_the_command_runs() {
-    if !can_boot() {
-        return;
+fn output_streams_live_and_in_order_on_debian() {
+    if can_boot() {
+        output_streams_live_on("debian-6.1");
     }
+}
+
+#[test]
+fn output_streams_live_and_in_order_on_the_lab_config_kernel() {
+    if can_boot() && installed("lab-6.1") {
+        output_streams_live_on("lab-6.1");
+    }
+}
+
+fn output_streams_live_on(kernel: &str) {
     use std::io::{BufRead, BufReader};
     let s = Scratch::new();
     let mut child = s
         .lab()
         .args([
             "boot",
+            "-k",
+            kernel,
             "--",
             "sh",
             "-c",

@@ -17,6 +17,12 @@ pub struct Job {
     pub cwd: String,
     /// Timeout in milliseconds enforced by guest-init (0: none; the host enforces its own).
     pub timeout_ms: u64,
+    /// Run as this user and group (uid, gid) instead of root; supplementary groups are
+    /// dropped.
+    pub user: Option<(u32, u32)>,
+    /// Isolation options for the process (namespaces, a jail's parameters): reserved for the
+    /// suites' execenvs; an agent that does not know an option refuses the exec.
+    pub isolation: Vec<String>,
 }
 
 impl Job {
@@ -269,6 +275,11 @@ fn encode_job(e: &mut Encoder, job: &Job) {
         .strs(&job.env)
         .str(&job.cwd)
         .u64(job.timeout_ms);
+    match job.user {
+        Some((uid, gid)) => e.u8(1).u32(uid).u32(gid),
+        None => e.u8(0),
+    };
+    e.strs(&job.isolation);
 }
 
 fn decode_job(d: &mut Decoder<'_>) -> Result<Job, MessageError> {
@@ -277,6 +288,18 @@ fn decode_job(d: &mut Decoder<'_>) -> Result<Job, MessageError> {
         env: d.strs()?,
         cwd: d.str()?,
         timeout_ms: d.u64()?,
+        user: match d.u8()? {
+            0 => None,
+            1 => Some((d.u32()?, d.u32()?)),
+            tag => {
+                return Err(WireError::UnknownTag {
+                    what: "user",
+                    tag: tag.into(),
+                }
+                .into())
+            }
+        },
+        isolation: d.strs()?,
     };
     if job.argv.is_empty() {
         return Err(MessageError::EmptyArgv);
@@ -721,6 +744,8 @@ mod tests {
             env: vec!["A=b".into()],
             cwd: "/tmp".into(),
             timeout_ms: 5000,
+            user: Some((65534, 65534)),
+            isolation: vec!["net".into()],
         };
         assert_eq!(Job::decode(&job.encode()).unwrap(), job);
         let mut bytes = job.encode();
