@@ -97,20 +97,8 @@ pub fn run(
     if let Some(option) = job.isolation.first() {
         // The suites' execenvs will define these; until then, refuse rather than run
         // unisolated what asked to be isolated.
-        let line =
-            format!("lab: isolation option '{option}' is not supported by this guest agent\n");
-        out.send(&GuestMessage::Output {
-            id,
-            stream: Stream::Stderr,
-            data: line.into_bytes(),
-        })?;
-        let status = ExitStatus::Code(126);
-        out.send(&GuestMessage::Exit {
-            id,
-            status,
-            usage: Usage::default(),
-        })?;
-        return Ok(status);
+        let line = format!("lab: isolation option '{option}' is not supported by this guest agent");
+        return not_run(id, out, &line, 126);
     }
     // SAFETY: the closure only calls setsid, which is async-signal-safe, between fork and exec.
     unsafe {
@@ -127,19 +115,12 @@ pub fn run(
             } else {
                 126
             };
-            let line = format!("lab: cannot run {}: {e}\n", job.argv[0]);
-            out.send(&GuestMessage::Output {
+            return not_run(
                 id,
-                stream: Stream::Stderr,
-                data: line.into_bytes(),
-            })?;
-            let status = ExitStatus::Code(code);
-            out.send(&GuestMessage::Exit {
-                id,
-                status,
-                usage: Usage::default(),
-            })?;
-            return Ok(status);
+                out,
+                &format!("lab: cannot run {}: {e}", job.argv[0]),
+                code,
+            );
         }
     };
     let pid =
@@ -170,6 +151,22 @@ pub fn run(
         max_rss_kib: reaped.max_rss_kib,
     };
     out.send(&GuestMessage::Exit { id, status, usage })?;
+    Ok(status)
+}
+
+/// Reports an exec that never ran, like a shell would: `line` on its stderr, exit `code`.
+fn not_run(id: u32, out: &Sender, line: &str, code: i32) -> io::Result<ExitStatus> {
+    out.send(&GuestMessage::Output {
+        id,
+        stream: Stream::Stderr,
+        data: format!("{line}\n").into_bytes(),
+    })?;
+    let status = ExitStatus::Code(code);
+    out.send(&GuestMessage::Exit {
+        id,
+        status,
+        usage: Usage::default(),
+    })?;
     Ok(status)
 }
 

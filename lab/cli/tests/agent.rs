@@ -17,26 +17,37 @@ use lab_proto::{ExitStatus, Job};
 
 static GUEST_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-init"));
 
-fn count(dir: &str) -> usize {
-    std::fs::read_dir(dir).unwrap().count()
-}
-
-#[test]
-fn a_hundred_exec_round_trips_leave_fds_and_threads_where_they_were() {
+/// A lab whose VMs talk over the lab's own vsock device (the default transport), served by the
+/// lab binary itself per VM; None (having said why) where QEMU is missing.
+fn vsock_lab() -> Option<Lab> {
     let Ok(backend) = QemuBackend::find() else {
         assert!(
             std::env::var("LAB_E2E").as_deref() != Ok("1"),
             "LAB_E2E=1 but QEMU is missing"
         );
         eprintln!("SKIPPED: qemu-system-x86_64 not installed");
-        return;
+        return None;
     };
-    // The default transport: the lab's own vsock device, served by lab itself per VM.
     let backend = backend.with_vsock(VsockBackend {
         program: env!("CARGO_BIN_EXE_lab").into(),
         args: vec!["__vsock-backend".into()],
     });
-    let mut lab = Lab::new(Cache::from_env().unwrap(), Box::new(backend), GUEST_INIT);
+    Some(Lab::new(
+        Cache::from_env().unwrap(),
+        Box::new(backend),
+        GUEST_INIT,
+    ))
+}
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+#[test]
+fn a_hundred_exec_round_trips_leave_fds_and_threads_where_they_were() {
+    let Some(mut lab) = vsock_lab() else {
+        return;
+    };
     let prepared = lab.prepare("debian-6.1", &[], &|_| {}).unwrap();
     let opts = BootOptions {
         accel: Accel::Tcg,
@@ -86,19 +97,9 @@ fn a_hundred_exec_round_trips_leave_fds_and_threads_where_they_were() {
 
 #[test]
 fn booting_and_shutting_down_vms_leaves_fds_and_threads_where_they_were() {
-    let Ok(backend) = QemuBackend::find() else {
-        assert!(
-            std::env::var("LAB_E2E").as_deref() != Ok("1"),
-            "LAB_E2E=1 but QEMU is missing"
-        );
-        eprintln!("SKIPPED: qemu-system-x86_64 not installed");
+    let Some(mut lab) = vsock_lab() else {
         return;
     };
-    let backend = backend.with_vsock(VsockBackend {
-        program: env!("CARGO_BIN_EXE_lab").into(),
-        args: vec!["__vsock-backend".into()],
-    });
-    let mut lab = Lab::new(Cache::from_env().unwrap(), Box::new(backend), GUEST_INIT);
     let prepared = lab
         .prepare("lab-6.1", &[], &|_| {})
         .or_else(|_| lab.prepare("debian-6.1", &[], &|_| {}))

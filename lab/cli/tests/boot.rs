@@ -212,14 +212,12 @@ fn the_lab_config_kernel_runs_a_command_and_prints_its_release() {
     }
 }
 
-#[test]
-fn exit_codes_signals_and_streams_pass_through() {
-    if !can_boot() {
-        return;
-    }
+fn exit_codes_signals_streams_and_users_on(kernel: &str) {
     let s = Scratch::new();
     let out = s.run(&[
         "boot",
+        "-k",
+        kernel,
         "--",
         "sh",
         "-c",
@@ -228,15 +226,48 @@ fn exit_codes_signals_and_streams_pass_through() {
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(stdout(&out), "to-out\n");
     assert!(stderr(&out).contains("to-err\n"), "{}", stderr(&out));
-    let out = s.run(&["boot", "--", "sh", "-c", "kill -9 $$"]);
+    let out = s.run(&["boot", "-k", kernel, "--", "sh", "-c", "kill -9 $$"]);
     assert_eq!(out.status.code(), Some(128 + 9));
-    let out = s.run(&["boot", "--", "no-such-program"]);
+    let out = s.run(&["boot", "-k", kernel, "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(128 + 15));
+    let out = s.run(&["boot", "-k", kernel, "--", "no-such-program"]);
     assert_eq!(out.status.code(), Some(127));
     assert!(
         stderr(&out).contains("cannot run no-such-program"),
         "{}",
         stderr(&out)
     );
+    let out = s.run(&[
+        "boot",
+        "-k",
+        kernel,
+        "--user",
+        "65534",
+        "--",
+        "sh",
+        "-c",
+        "id -u; id -g; id -G",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "65534\n65534\n65534\n",
+        "user, group, and no supplementary groups"
+    );
+}
+
+#[test]
+fn exit_codes_signals_streams_and_users_on_debian() {
+    if can_boot() {
+        exit_codes_signals_streams_and_users_on("debian-6.1");
+    }
+}
+
+#[test]
+fn exit_codes_signals_streams_and_users_on_the_lab_config_kernel() {
+    if can_boot() && installed("lab-6.1") {
+        exit_codes_signals_streams_and_users_on("lab-6.1");
+    }
 }
 
 #[test]

@@ -201,46 +201,11 @@ pub fn walk_chain<M: GuestMemory + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::vsock::packet::{read_tx, VsockHeader};
-    use crate::devices::virtio::vsock::test_utils::{desc, guest_memory, DescriptorTableWriter};
-    use vm_memory::GuestMemoryMmap;
-
-    const TABLE: GuestAddress = GuestAddress(0x1000);
-    const SIZE: u16 = 16;
-    const RULES: ChainRules = ChainRules {
-        desc_table: TABLE,
-        size: SIZE,
-        indirect: true,
+    use crate::devices::virtio::vsock::packet::read_tx;
+    use crate::devices::virtio::vsock::test_utils::{
+        desc, guest_memory, sample_header, walk, walk_with, DescriptorTableWriter, RULES, SIZE,
+        TABLE,
     };
-
-    fn walk(mem: &GuestMemoryMmap, head: u16, dir: Direction) -> Result<Chain, PacketError> {
-        walk_with(mem, RULES, head, dir)
-    }
-
-    fn walk_with(
-        mem: &GuestMemoryMmap,
-        rules: ChainRules,
-        head: u16,
-        dir: Direction,
-    ) -> Result<Chain, PacketError> {
-        let mut chain = Chain::default();
-        walk_chain(mem, rules, head, dir, &mut chain).map(|()| chain)
-    }
-
-    fn sample_header() -> VsockHeader {
-        VsockHeader {
-            src_cid: 3,
-            dst_cid: 2,
-            src_port: 1234,
-            dst_port: 5000,
-            len: 10,
-            type_: 1,
-            op: 5,
-            flags: 0,
-            buf_alloc: 65536,
-            fwd_cnt: 77,
-        }
-    }
 
     #[test]
     fn a_descriptor_loop_is_refused() {

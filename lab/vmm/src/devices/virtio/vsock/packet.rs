@@ -301,48 +301,12 @@ pub fn write_rx<M: GuestMemory + ?Sized>(
 mod tests {
     use super::*;
     use crate::devices::virtio::vsock::chain::{walk_chain, ChainRules, Direction};
-    use crate::devices::virtio::vsock::test_utils::{desc, guest_memory, DescriptorTableWriter};
+    use crate::devices::virtio::vsock::test_utils::{
+        desc, guest_memory, sample_header, walk, DescriptorTableWriter, RULES, SIZE, TABLE,
+    };
     use proptest::prelude::*;
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use vm_memory::{GuestAddress, GuestMemoryMmap, Permissions};
-
-    const TABLE: GuestAddress = GuestAddress(0x1000);
-    const SIZE: u16 = 16;
-
-    const RULES: ChainRules = ChainRules {
-        desc_table: TABLE,
-        size: SIZE,
-        indirect: true,
-    };
-
-    fn walk(mem: &GuestMemoryMmap, head: u16, dir: Direction) -> Result<Chain, PacketError> {
-        walk_with(mem, RULES, head, dir)
-    }
-
-    fn walk_with(
-        mem: &GuestMemoryMmap,
-        rules: ChainRules,
-        head: u16,
-        dir: Direction,
-    ) -> Result<Chain, PacketError> {
-        let mut chain = Chain::default();
-        walk_chain(mem, rules, head, dir, &mut chain).map(|()| chain)
-    }
-
-    fn sample_header() -> VsockHeader {
-        VsockHeader {
-            src_cid: 3,
-            dst_cid: 2,
-            src_port: 1234,
-            dst_port: 5000,
-            len: 10,
-            type_: 1,
-            op: 5,
-            flags: 0,
-            buf_alloc: 65536,
-            fwd_cnt: 77,
-        }
-    }
+    use vm_memory::{GuestAddress, Permissions};
 
     #[test]
     fn header_round_trips_and_has_the_wire_layout() {

@@ -14,11 +14,56 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::chain::{walk_chain, Chain, ChainRules, Direction};
 use super::event_handler::Notify;
 use super::packet::HDR_SIZE;
 use super::{
-    VsockBackend, VsockDevice, VsockError, VsockHeader, HOST_CID, NUM_QUEUES, TYPE_STREAM,
+    PacketError, VsockBackend, VsockDevice, VsockError, VsockHeader, HOST_CID, NUM_QUEUES,
+    TYPE_STREAM,
 };
+
+/// Where the chain tests place their descriptor table.
+pub const TABLE: GuestAddress = GuestAddress(0x1000);
+/// The chain tests' queue size.
+pub const SIZE: u16 = 16;
+/// The chain tests' walking rules: that table and size, indirect descriptors allowed.
+pub const RULES: ChainRules = ChainRules {
+    desc_table: TABLE,
+    size: SIZE,
+    indirect: true,
+};
+
+/// Walks the chain at `head` with [`RULES`].
+pub fn walk(mem: &GuestMemoryMmap, head: u16, dir: Direction) -> Result<Chain, PacketError> {
+    walk_with(mem, RULES, head, dir)
+}
+
+/// Walks the chain at `head` with `rules`.
+pub fn walk_with(
+    mem: &GuestMemoryMmap,
+    rules: ChainRules,
+    head: u16,
+    dir: Direction,
+) -> Result<Chain, PacketError> {
+    let mut chain = Chain::default();
+    walk_chain(mem, rules, head, dir, &mut chain).map(|()| chain)
+}
+
+/// A header as a guest would send it on the tx queue.
+pub fn sample_header() -> VsockHeader {
+    VsockHeader {
+        src_cid: 3,
+        dst_cid: 2,
+        src_port: 1234,
+        dst_port: 5000,
+        len: 10,
+        type_: 1,
+        op: 5,
+        flags: 0,
+        buf_alloc: 65536,
+        fwd_cnt: 77,
+    }
+}
 
 /// The size of test guest memory (starting at 0).
 pub const MEM_SIZE: u64 = 0x10_0000;
