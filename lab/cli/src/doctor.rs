@@ -33,14 +33,26 @@ pub fn run(ui: &Ui, args: DoctorArgs) -> anyhow::Result<u8> {
     }
     let backend = QemuBackend::find();
     match &backend {
-        Ok(b) => row(
-            "qemu",
-            &format!(
-                "{} ({})",
-                b.binary().display(),
-                b.version().unwrap_or_else(|| "version unknown".into())
-            ),
-        ),
+        Ok(b) => {
+            row(
+                "qemu",
+                &format!(
+                    "{} ({})",
+                    b.binary().display(),
+                    b.version().unwrap_or_else(|| "version unknown".into())
+                ),
+            );
+            // The default agent channel needs QEMU's vhost-user-vsock device (QEMU 7.0+).
+            if b.has_device("vhost-user-vsock-device") {
+                row(
+                    "vsock",
+                    "vhost-user-vsock-device present: agents use lab's own virtio-vsock",
+                );
+            } else {
+                problems += 1;
+                row("vsock", "MISSING vhost-user-vsock-device in this QEMU: use --channel serial, or QEMU >= 7.0");
+            }
+        }
         Err(e) => {
             problems += 1;
             row("qemu", &format!("MISSING: {e}"));

@@ -444,6 +444,7 @@ fn doctor_explains_the_backend_choice() {
     let out = s.run(&["doctor", "-k", "debian-6.1"]);
     let text = stdout(&out);
     assert!(text.contains("/dev/kvm"), "{text}");
+    assert!(text.contains("vhost-user-vsock-device present"), "{text}");
     assert!(text.contains("backend qemu, accel "), "{text}");
 }
 

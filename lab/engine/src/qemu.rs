@@ -172,6 +172,20 @@ impl QemuBackend {
         &self.binary
     }
 
+    /// Whether QEMU knows the device model `name` (`-device help`).
+    pub fn has_device(&self, name: &str) -> bool {
+        Command::new(&self.binary)
+            .args(["-device", "help"])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| {
+                let text = String::from_utf8_lossy(&o.stdout);
+                text.lines()
+                    .any(|l| l.contains(&format!("name \"{name}\"")))
+            })
+            .unwrap_or(false)
+    }
+
     /// `qemu-system-x86_64 --version`, first line.
     pub fn version(&self) -> Option<String> {
         let out = Command::new(&self.binary).arg("--version").output().ok()?;
