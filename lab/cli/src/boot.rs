@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use lab_engine::cancel::Cancel;
 use lab_engine::guest::ExtraFile;
@@ -14,7 +14,7 @@ use lab_engine::lab::{Lab, Prepared};
 use lab_engine::session::{BootOptions, ExecReport, SessionEvent, Vm};
 use lab_proto::{Job, Stream};
 
-use crate::ui::Ui;
+use crate::ui::{BadInput, Ui};
 use crate::{AccelArg, VmArgs};
 
 /// What `lab boot` and `lab run-in-vm` share.
@@ -172,20 +172,32 @@ impl<'a> Printer<'a> {
 }
 
 /// A `--get` argument: the guest path and where it goes on the host.
-fn parse_get(arg: &str) -> anyhow::Result<(String, PathBuf)> {
+fn parse_get(arg: &str) -> Result<(String, PathBuf), BadInput> {
     let (guest, host) = match arg.split_once(':') {
         Some((g, h)) => (g.to_string(), PathBuf::from(h)),
         None => {
             let name = std::path::Path::new(arg)
                 .file_name()
-                .with_context(|| format!("bad --get '{arg}': no file name"))?;
+                .ok_or_else(|| BadInput(format!("bad --get '{arg}': no file name")))?;
             (arg.to_string(), PathBuf::from(name))
         }
     };
     if !guest.starts_with('/') {
-        bail!("bad --get '{arg}': the guest path must be absolute");
+        return Err(BadInput(format!(
+            "bad --get '{arg}': the guest path must be absolute"
+        )));
     }
     Ok((guest, host))
+}
+
+/// Host files named by `--put`/`--initrd-extra`, checked before anything boots.
+fn check_readable(flag: &str, files: &[ExtraFile]) -> Result<(), BadInput> {
+    for f in files {
+        if let Err(e) = std::fs::File::open(&f.host) {
+            return Err(BadInput(format!("{flag} {}: {e}", f.host.display())));
+        }
+    }
+    Ok(())
 }
 
 /// Boots per `args`, sends the puts, runs `jobs` (stopping at the first failure unless
@@ -211,7 +223,9 @@ fn session(
         .get
         .iter()
         .map(|g| parse_get(g))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    check_readable("--initrd-extra", &extras)?;
+    check_readable("--put", &puts)?;
     let mut puts_data = Vec::new();
     for put in &puts {
         let data = std::fs::read(&put.host)

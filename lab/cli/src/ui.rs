@@ -9,6 +9,19 @@ use lab_kernel::catalog::CatalogError;
 
 use crate::exit;
 
+/// A mistake in what the user asked for (a host file that is not there, a malformed argument):
+/// exit status 2, like the other usage errors.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
 /// Output settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Ui {
@@ -74,6 +87,9 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
         };
     }
     for e in err.chain() {
+        if e.downcast_ref::<BadInput>().is_some() {
+            return exit::USAGE;
+        }
         let catalog =
             e.downcast_ref::<CatalogError>()
                 .or_else(|| match e.downcast_ref::<LabError>() {

@@ -679,3 +679,46 @@ fn both_agent_channels_carry_commands_and_files() {
         assert!(text.contains(want), "{channel}: {text}");
     }
 }
+
+#[test]
+fn bad_file_arguments_are_usage_errors_before_anything_boots() {
+    if !can_boot() {
+        return;
+    }
+    let s = Scratch::new();
+    for (args, want) in [
+        (
+            vec!["boot", "--put", "/nonexistent/file", "--", "true"],
+            "--put /nonexistent/file: No such file",
+        ),
+        (
+            vec!["boot", "--initrd-extra", "/nonexistent/x", "--", "true"],
+            "--initrd-extra /nonexistent/x: No such file",
+        ),
+        (
+            vec!["boot", "--get", "relative/path", "--", "true"],
+            "the guest path must be absolute",
+        ),
+        (
+            vec!["boot", "--initrd-extra", "x:rel", "--", "true"],
+            "bad extra file 'x:rel'",
+        ),
+        (
+            vec!["boot", "--user", "nobody", "--", "true"],
+            "'nobody' is not a numeric id",
+        ),
+    ] {
+        let out = s.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains(want),
+            "{want:?} not in {}",
+            stderr(&out)
+        );
+        assert!(
+            !stderr(&out).contains("console tail"),
+            "nothing booted: {}",
+            stderr(&out)
+        );
+    }
+}
