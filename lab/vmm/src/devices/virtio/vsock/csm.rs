@@ -508,18 +508,7 @@ mod tests {
     }
 
     fn guest_hdr(op: u16, len: u32) -> VsockHeader {
-        VsockHeader {
-            src_cid: GUEST_CID,
-            dst_cid: HOST_CID,
-            src_port: 1000,
-            dst_port: 5000,
-            len,
-            type_: TYPE_STREAM,
-            op,
-            flags: 0,
-            buf_alloc: 64 * 1024,
-            fwd_cnt: 0,
-        }
+        crate::devices::virtio::vsock::test_utils::guest_header(op, 1000, 5000, len)
     }
 
     fn established() -> (VsockConnection<UnixStream>, UnixStream) {

@@ -579,18 +579,7 @@ mod tests {
     }
 
     fn guest(op: u16, src_port: u32, dst_port: u32, len: u32) -> VsockHeader {
-        VsockHeader {
-            src_cid: CID,
-            dst_cid: HOST_CID,
-            src_port,
-            dst_port,
-            len,
-            type_: TYPE_STREAM,
-            op,
-            flags: 0,
-            buf_alloc: 64 * 1024,
-            fwd_cnt: 0,
-        }
+        crate::devices::virtio::vsock::test_utils::guest_header(op, src_port, dst_port, len)
     }
 
     /// Runs the muxer's event handling until it has something for the guest.

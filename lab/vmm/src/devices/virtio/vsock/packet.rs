@@ -5,7 +5,7 @@
 //! chain) and [`write_rx`] copies a header and payload into a receive chain. All the ways a
 //! chain or packet can be wrong are one error type, [`PacketError`].
 
-use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryError};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
 use super::chain::Chain;
 use super::MAX_PKT_DATA;
@@ -169,35 +169,50 @@ impl VsockHeader {
     }
 }
 
+/// Walks the spans of the chain's buffers that hold bytes `offset .. offset + len` of the
+/// chain, in order, calling `each(guest address, range in the caller's slice)`. Returns how many
+/// bytes the chain had room for (less than `len` when it is too short).
+fn for_each_span<E>(
+    chain: &Chain,
+    mut offset: u64,
+    len: usize,
+    mut each: impl FnMut(GuestAddress, std::ops::Range<usize>) -> Result<(), E>,
+) -> Result<usize, E> {
+    let mut done = 0usize;
+    for buf in &chain.buffers {
+        if done == len {
+            break;
+        }
+        let buf_len = u64::from(buf.len);
+        if offset >= buf_len {
+            offset -= buf_len;
+            continue;
+        }
+        let n = usize::try_from(buf_len - offset)
+            .unwrap_or(usize::MAX)
+            .min(len - done);
+        each(buf.addr.unchecked_add(offset), done..done + n)?;
+        done += n;
+        offset = 0;
+    }
+    Ok(done)
+}
+
 /// Copies `out.len()` bytes starting `offset` bytes into the chain's buffers.
 fn gather<M: GuestMemory + ?Sized>(
     mem: &M,
     chain: &Chain,
-    mut offset: u64,
+    offset: u64,
     out: &mut [u8],
 ) -> Result<(), PacketError> {
-    let mut done = 0usize;
-    for buf in &chain.buffers {
-        if done == out.len() {
-            break;
-        }
-        let len = u64::from(buf.len);
-        if offset >= len {
-            offset -= len;
-            continue;
-        }
-        let n = usize::try_from(len - offset)
-            .unwrap_or(usize::MAX)
-            .min(out.len() - done);
-        let at = buf.addr.unchecked_add(offset);
-        mem.read_slice(&mut out[done..done + n], at)
-            .map_err(PacketError::Memory)?;
-        done += n;
-        offset = 0;
-    }
-    if done < out.len() {
+    let len = out.len();
+    let done = for_each_span(chain, offset, len, |at, range| {
+        mem.read_slice(&mut out[range], at)
+            .map_err(PacketError::Memory)
+    })?;
+    if done < len {
         return Err(PacketError::PayloadBeyondChain {
-            len: u32::try_from(out.len()).unwrap_or(u32::MAX),
+            len: u32::try_from(len).unwrap_or(u32::MAX),
             avail: chain.len,
         });
     }
@@ -208,28 +223,13 @@ fn gather<M: GuestMemory + ?Sized>(
 fn scatter<M: GuestMemory + ?Sized>(
     mem: &M,
     chain: &Chain,
-    mut offset: u64,
+    offset: u64,
     data: &[u8],
 ) -> Result<(), PacketError> {
-    let mut done = 0usize;
-    for buf in &chain.buffers {
-        if done == data.len() {
-            break;
-        }
-        let len = u64::from(buf.len);
-        if offset >= len {
-            offset -= len;
-            continue;
-        }
-        let n = usize::try_from(len - offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len() - done);
-        let at = buf.addr.unchecked_add(offset);
-        mem.write_slice(&data[done..done + n], at)
-            .map_err(PacketError::Memory)?;
-        done += n;
-        offset = 0;
-    }
+    let done = for_each_span(chain, offset, data.len(), |at, range| {
+        mem.write_slice(&data[range], at)
+            .map_err(PacketError::Memory)
+    })?;
     if done < data.len() {
         return Err(PacketError::RxOverflow {
             len: data.len(),
@@ -306,7 +306,7 @@ mod tests {
     };
     use proptest::prelude::*;
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use vm_memory::{GuestAddress, Permissions};
+    use vm_memory::Permissions;
 
     #[test]
     fn header_round_trips_and_has_the_wire_layout() {

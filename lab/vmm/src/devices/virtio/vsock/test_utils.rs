@@ -49,6 +49,22 @@ pub fn walk_with(
     walk_chain(mem, rules, head, dir, &mut chain).map(|()| chain)
 }
 
+/// A stream header from the guest (CID [`CID`]) to the host, with a 64 KiB receive buffer.
+pub fn guest_header(op: u16, src_port: u32, dst_port: u32, len: u32) -> VsockHeader {
+    VsockHeader {
+        src_cid: CID,
+        dst_cid: HOST_CID,
+        src_port,
+        dst_port,
+        len,
+        type_: TYPE_STREAM,
+        op,
+        flags: 0,
+        buf_alloc: 64 * 1024,
+        fwd_cnt: 0,
+    }
+}
+
 /// A header as a guest would send it on the tx queue.
 pub fn sample_header() -> VsockHeader {
     VsockHeader {
