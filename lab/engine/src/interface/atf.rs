@@ -1,0 +1,1 @@
+//! The atf interface (written next).

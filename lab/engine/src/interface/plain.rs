@@ -1,0 +1,1 @@
+//! The plain interface (written next).

@@ -1,0 +1,1 @@
+//! The tap interface (written next).

@@ -1,0 +1,1 @@
+//! Kyuafile evaluation (written next).

@@ -1,0 +1,3 @@
+//! Loading suites: Kyuafile trees (Lua) into test programs.
+
+pub mod kyuafile;

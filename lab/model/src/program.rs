@@ -1,0 +1,123 @@
+//! Test programs and test cases: what a suite declares and what listing a program finds.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::metadata::Metadata;
+
+/// The test case name of a program's listing, when listing itself failed (Kyua's).
+pub const LIST_CASE: &str = "__test_cases_list__";
+
+/// The test case name of programs that are one test case (plain, tap).
+pub const MAIN_CASE: &str = "main";
+
+/// How lab talks to a test program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interface {
+    /// ATF: list with `-l`, run one case with `-r resfile`, optional cleanup.
+    Atf,
+    /// The exit status is the verdict.
+    Plain,
+    /// The TAP stream on stdout is the verdict; each test point is a result.
+    Tap,
+    /// A BPF object run through BPF_PROG_TEST_RUN.
+    Bpf,
+}
+
+impl Interface {
+    /// The name Kyua uses (and the Kyuafile's `NAME_test_program`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Atf => "atf",
+            Self::Plain => "plain",
+            Self::Tap => "tap",
+            Self::Bpf => "bpf",
+        }
+    }
+}
+
+/// One test case of a program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestCase {
+    /// Its name within the program.
+    pub name: String,
+    /// Its metadata: the program's, overridden by the case's own.
+    pub metadata: Metadata,
+}
+
+/// A test program declared by a suite.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestProgram {
+    /// Its interface.
+    pub interface: Interface,
+    /// Its path relative to the suite root, `/`-separated: its identity in results.
+    pub path: String,
+    /// The suite root on the host (the directory of the top Kyuafile).
+    pub root: PathBuf,
+    /// The test suite it belongs to (`test_suite()` or the `test_suite` property).
+    pub test_suite: String,
+    /// Program-level metadata, the default for its cases.
+    pub metadata: Metadata,
+    /// Its test cases: known at load time for plain and tap programs (one, `main`), found by
+    /// listing for atf and bpf ones.
+    pub cases: Vec<TestCase>,
+}
+
+impl TestProgram {
+    /// A program with no cases listed yet; plain and tap programs get their single `main` case.
+    pub fn new(
+        interface: Interface,
+        root: &Path,
+        path: &str,
+        test_suite: &str,
+        metadata: Metadata,
+    ) -> Self {
+        let cases = match interface {
+            Interface::Plain | Interface::Tap => vec![TestCase {
+                name: MAIN_CASE.to_string(),
+                metadata: metadata.clone(),
+            }],
+            Interface::Atf | Interface::Bpf => Vec::new(),
+        };
+        Self {
+            interface,
+            path: path.to_string(),
+            root: root.to_path_buf(),
+            test_suite: test_suite.to_string(),
+            metadata,
+            cases,
+        }
+    }
+
+    /// The program on the host.
+    pub fn host_path(&self) -> PathBuf {
+        self.root.join(&self.path)
+    }
+
+    /// Whether the program must be listed (run with `-l` or opened) to find its cases.
+    pub fn needs_listing(&self) -> bool {
+        matches!(self.interface, Interface::Atf | Interface::Bpf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_tap_have_main() {
+        let root = Path::new("/suites/kyua");
+        let mut md = Metadata::default();
+        md.set("timeout", "5").expect("valid");
+        let p = TestProgram::new(Interface::Tap, root, "sub/t.sh", "lab", md.clone());
+        assert_eq!(p.cases.len(), 1);
+        assert_eq!(p.cases[0].name, MAIN_CASE);
+        assert_eq!(p.cases[0].metadata, md);
+        assert!(!p.needs_listing());
+        assert_eq!(p.host_path(), Path::new("/suites/kyua/sub/t.sh"));
+        let a = TestProgram::new(Interface::Atf, root, "a", "lab", Metadata::default());
+        assert!(a.cases.is_empty() && a.needs_listing());
+    }
+}
