@@ -7,6 +7,8 @@
 //!   exactly one [`RunEvent::CaseFinished`]. A case that never ran (a requirement not met, a
 //!   listing that failed, an interrupted run) gets a `CaseFinished` with no `CaseStarted`.
 //! - Cases of different VMs interleave freely.
+//! - [`RunEvent::CasesListed`] for a (kernel, program) comes at most once, before any
+//!   `CaseStarted` or `CaseFinished` of that program on that kernel.
 //! - [`RunEvent::ProgramFinished`] for a (kernel, program) follows the last `CaseFinished` of
 //!   that program on that kernel, exactly once for every program the run was asked to run,
 //!   so a reporter may hold a program's results until then.
@@ -147,6 +149,17 @@ pub enum RunEvent {
         reason: String,
         /// The last console lines.
         console_tail: Vec<String>,
+    },
+    /// The test cases of a program on a kernel are known: at once for plain and tap programs
+    /// (one), after listing for atf and bpf ones. Lets a reporter size its progress; a program
+    /// whose listing failed may get none.
+    CasesListed {
+        /// The kernel.
+        kernel: String,
+        /// The program's path.
+        program: String,
+        /// How many test cases it has.
+        cases: usize,
     },
     /// A test case starts running in a VM.
     CaseStarted {
