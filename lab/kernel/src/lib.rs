@@ -7,6 +7,7 @@ pub mod cache;
 pub mod catalog;
 pub mod cpio;
 pub mod debian;
+pub mod guest_packages;
 pub mod image;
 pub mod initramfs;
 pub mod modules;
