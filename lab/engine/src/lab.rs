@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use lab_kernel::cache::{Cache, CacheError};
 use lab_kernel::catalog::{self, CatalogError, Kernel};
+use lab_kernel::guest_packages::{GuestPackages, GuestPackagesError, Layer, ResolvedPackage};
 use lab_kernel::packages::{self, PackageError};
 use lab_kernel::Progress;
 use lab_proto::Job;
@@ -32,6 +33,9 @@ pub enum LabError {
     /// The guest image could not be assembled.
     #[error(transparent)]
     Guest(#[from] GuestError),
+    /// The guest's extra packages could not be resolved, fetched or layered.
+    #[error("failed to add guest packages")]
+    Packages(#[from] GuestPackagesError),
 }
 
 /// The lab: cache, backend and guest agent.
@@ -40,6 +44,9 @@ pub struct Lab {
     backend: Box<dyn Backend>,
     guest_init: &'static [u8],
     userland: Option<Userland>,
+    guest_packages: GuestPackages,
+    /// The layer of `guest_packages`, once built.
+    packages_layer: Option<Layer>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -56,8 +63,13 @@ impl std::fmt::Debug for Lab {
 pub struct Prepared {
     /// The kernel.
     pub kernel: Kernel,
-    /// The base initramfs (without a job).
+    /// The base initramfs (without a job or packages).
     pub base_image: PathBuf,
+    /// What the guest boots with: the base image, with the package layer appended when there
+    /// are guest packages.
+    pub initrd: PathBuf,
+    /// The guest packages in it, with their dependencies and versions.
+    pub packages: Vec<ResolvedPackage>,
 }
 
 impl Lab {
@@ -70,7 +82,25 @@ impl Lab {
             backend,
             guest_init,
             userland: None,
+            guest_packages: GuestPackages::default(),
+            packages_layer: None,
         }
+    }
+
+    /// Debian packages (with their dependencies) every guest of this lab gets, as a layer over
+    /// the base image (see [`lab_kernel::guest_packages`]).
+    pub fn set_guest_packages<I, S>(&mut self, names: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.guest_packages = GuestPackages::new(names);
+        self.packages_layer = None;
+    }
+
+    /// The guest packages asked for.
+    pub fn guest_packages(&self) -> &GuestPackages {
+        &self.guest_packages
     }
 
     /// The cache.
@@ -112,7 +142,30 @@ impl Lab {
         let userland = self.userland(progress)?;
         let base_image =
             guest::base_image(&self.cache, &kernel, self.guest_init, &userland, extras)?;
-        Ok(Prepared { kernel, base_image })
+        let (initrd, packages) = match self.packages_layer(progress)? {
+            Some(layer) => (
+                guest::stacked_image(&self.cache, &base_image, &[layer.path])?,
+                layer.packages,
+            ),
+            None => (base_image.clone(), Vec::new()),
+        };
+        Ok(Prepared {
+            kernel,
+            base_image,
+            initrd,
+            packages,
+        })
+    }
+
+    /// The layer of the guest packages, built on first use; `None` without packages.
+    fn packages_layer(&mut self, progress: Progress<'_>) -> Result<Option<Layer>, LabError> {
+        if self.guest_packages.is_empty() {
+            return Ok(None);
+        }
+        if self.packages_layer.is_none() {
+            self.packages_layer = Some(self.guest_packages.layer(&self.cache, progress)?);
+        }
+        Ok(self.packages_layer.clone())
     }
 
     /// Boots `prepared` and runs `job` in it with `opts.run_timeout`, then powers off.
@@ -151,7 +204,7 @@ impl Lab {
             backend: self.backend.as_ref(),
             name: &prepared.kernel.info.name,
             kernel: image,
-            initrd: &prepared.base_image,
+            initrd: &prepared.initrd,
             opts,
             cancel,
         }
