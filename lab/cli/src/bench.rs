@@ -73,7 +73,7 @@ fn agent(
     kib: usize,
     vm: &VmArgs,
 ) -> anyhow::Result<u8> {
-    let mut lab: Lab = crate::open_lab(vm.channel)?;
+    let mut lab: Lab = crate::open_lab(vm)?;
     let (prepared, accel) = crate::boot::prepare(ui, &mut lab, kernel, &[], vm.accel)?;
     let opts = vm.boot_options(accel, Some(Duration::from_secs(60)));
     let mut machine = lab.boot(&prepared, &opts, cancel, &mut |_| {})?;
@@ -126,7 +126,7 @@ fn boot(
     vm: &VmArgs,
 ) -> anyhow::Result<u8> {
     let runs = runs.max(1);
-    let mut lab: Lab = crate::open_lab(vm.channel)?;
+    let mut lab: Lab = crate::open_lab(vm)?;
     println!("| kernel | release | backend/accel | runs | launch → agent ready (min / median / max) | launch → exit (min / median / max) | retries |");
     println!("|---|---|---|---|---|---|---|");
     for name in kernel {

@@ -234,7 +234,7 @@ fn session(
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)?;
         puts_data.push((put, data, mode));
     }
-    let mut lab = crate::open_lab(args.vm.channel)?;
+    let mut lab = crate::open_lab(&args.vm)?;
     let (prepared, accel) = prepare(ui, &mut lab, &args.kernel, &extras, args.vm.accel)?;
     let timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
     let opts: BootOptions = args.vm.boot_options(accel, timeout);

@@ -171,6 +171,10 @@ pub struct VmArgs {
     /// Keep each VM's work directory (console log) for inspection.
     #[arg(long)]
     keep_workdir: bool,
+    /// A Debian package whose files (with its dependencies') the guest gets, fetched with apt
+    /// on first use and cached; repeat for more.
+    #[arg(long = "guest-package", value_name = "NAME")]
+    guest_package: Vec<String>,
 }
 
 impl VmArgs {
@@ -193,11 +197,12 @@ impl VmArgs {
     }
 }
 
-/// The cache and the lab over it, its VMs' agents on `channel`.
-pub fn open_lab(channel: ChannelArg) -> anyhow::Result<Lab> {
+/// The cache and the lab over it, its VMs' agents on `vm.channel`, its guests carrying
+/// `vm.guest_package`.
+pub fn open_lab(vm: &VmArgs) -> anyhow::Result<Lab> {
     let cache = Cache::from_env()?;
     let mut backend = QemuBackend::find()?;
-    if channel == ChannelArg::Vsock {
+    if vm.channel == ChannelArg::Vsock {
         // The vsock backend is this very program, run with a hidden subcommand.
         let program = std::env::current_exe()?;
         backend = backend.with_vsock(VsockBackend {
@@ -205,7 +210,9 @@ pub fn open_lab(channel: ChannelArg) -> anyhow::Result<Lab> {
             args: vec!["__vsock-backend".into()],
         });
     }
-    Ok(Lab::new(cache, Box::new(backend), GUEST_INIT))
+    let mut lab = Lab::new(cache, Box::new(backend), GUEST_INIT);
+    lab.set_guest_packages(vm.guest_package.iter().cloned());
+    Ok(lab)
 }
 
 /// Installs SIGINT/SIGTERM handling: the first signal cancels the run (VMs are torn down, what

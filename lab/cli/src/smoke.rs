@@ -59,7 +59,7 @@ pub fn run(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
         args.suites.clone()
     };
     let programs = programs(&suites)?;
-    let mut lab = crate::open_lab(args.vm.channel)?;
+    let mut lab = crate::open_lab(&args.vm)?;
     let (mut passed, mut failed) = (0u32, 0u32);
     println!("TAP version 14");
     println!("1..{}", programs.len() * args.kernel.len());
