@@ -197,12 +197,39 @@ impl VmArgs {
     }
 }
 
-/// The cache and the lab over it, its VMs' agents on `vm.channel`, its guests carrying
-/// `vm.guest_package`.
-pub fn open_lab(vm: &VmArgs) -> anyhow::Result<Lab> {
+/// What a lab is opened with: the agents' channel and the guests' extra packages.
+#[derive(Debug, Clone, Default)]
+pub struct LabSetup {
+    channel: ChannelArg,
+    guest_packages: Vec<String>,
+}
+
+impl From<&VmArgs> for LabSetup {
+    fn from(vm: &VmArgs) -> Self {
+        Self {
+            channel: vm.channel,
+            guest_packages: vm.guest_package.clone(),
+        }
+    }
+}
+
+/// A channel alone: guests without extra packages.
+impl From<ChannelArg> for LabSetup {
+    fn from(channel: ChannelArg) -> Self {
+        Self {
+            channel,
+            guest_packages: Vec::new(),
+        }
+    }
+}
+
+/// The cache and the lab over it, its VMs' agents on the setup's channel, its guests carrying
+/// its packages (pass `&VmArgs` for both).
+pub fn open_lab(setup: impl Into<LabSetup>) -> anyhow::Result<Lab> {
+    let setup = setup.into();
     let cache = Cache::from_env()?;
     let mut backend = QemuBackend::find()?;
-    if vm.channel == ChannelArg::Vsock {
+    if setup.channel == ChannelArg::Vsock {
         // The vsock backend is this very program, run with a hidden subcommand.
         let program = std::env::current_exe()?;
         backend = backend.with_vsock(VsockBackend {
@@ -211,7 +238,7 @@ pub fn open_lab(vm: &VmArgs) -> anyhow::Result<Lab> {
         });
     }
     let mut lab = Lab::new(cache, Box::new(backend), GUEST_INIT);
-    lab.set_guest_packages(vm.guest_package.iter().cloned());
+    lab.set_guest_packages(setup.guest_packages);
     Ok(lab)
 }
 
