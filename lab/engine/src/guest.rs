@@ -14,8 +14,9 @@ use lab_kernel::initramfs::{self, Compression, InitramfsError, Spec};
 use sha2::{Digest, Sha256};
 
 /// The Debian packages the test command puts in every guest (with their dependencies): the
-/// atf-sh interpreter and atf-check for ATF shell test programs.
-pub const DEFAULT_TEST_PACKAGES: &[&str] = &["atf-sh"];
+/// atf-sh interpreter and atf-check for ATF shell test programs, and bash, which Debian's
+/// atf-sh runs test programs with (`/bin/bash`; essential, so no declared dependency).
+pub const DEFAULT_TEST_PACKAGES: &[&str] = &["atf-sh", "bash"];
 
 /// Errors of assembling a guest image.
 #[derive(Debug, thiserror::Error)]
