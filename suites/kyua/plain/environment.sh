@@ -1,0 +1,14 @@
+#!/bin/sh
+# Kyua's conventions for plain programs: a fresh, empty work directory that is also HOME and
+# TMPDIR, TZ=UTC. Exits 1 naming the first convention broken.
+here=$(pwd -P)
+fail() {
+    echo "environment.sh: $*" >&2
+    exit 1
+}
+[ -z "$(ls -A)" ] || fail "work directory is not empty"
+[ "$(cd "$HOME" && pwd -P)" = "$here" ] || fail "HOME is '$HOME', not $here"
+[ "$(cd "$TMPDIR" && pwd -P)" = "$here" ] || fail "TMPDIR is '$TMPDIR', not $here"
+[ "$TZ" = UTC ] || fail "TZ is '${TZ-unset}'"
+touch scratch || fail "work directory is not writable"
+exit 0
