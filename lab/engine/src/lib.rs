@@ -5,10 +5,13 @@
 pub mod accel;
 pub mod cancel;
 pub mod console;
+pub(crate) mod executor;
 pub mod guest;
 pub mod interface;
 pub mod lab;
+pub mod launcher;
 pub mod qemu;
+pub mod scheduler;
 pub mod scratch;
 pub mod session;
 pub mod suite;

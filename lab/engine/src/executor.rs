@@ -1,0 +1,654 @@
+//! The executor: lists a test program and runs one test case in a guest, Kyua-style: a fresh
+//! work directory with HOME and TMPDIR in it, TZ=UTC, its own process group, the case's
+//! timeout enforced from the host, requirements checked first, and the interface turning the
+//! run into a result. The execenv decides how the process is isolated in the guest.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use lab_model::{
+    Cause, Execenv, Interface, RequiredUser, SubResult, TestCase, TestProgram, TestResult,
+};
+use lab_proto::{ExitStatus, Job, Stream};
+
+use crate::interface::{atf, plain, tap, RunOutcome};
+use crate::scheduler::{suite_roots, ExecOutcome, Guest, Options, Plan, VmError};
+
+/// How long listing a program may take.
+const LIST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an atf cleanup routine may take (Kyua's).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the lab's own bookkeeping commands may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most of each output stream kept for the report (the tail).
+const KEEP_OUTPUT: usize = 64 * 1024;
+/// The most of stdout kept for parsing (listings, TAP streams).
+const PARSE_OUTPUT: usize = 8 << 20;
+/// Where result files go in the guest (world-writable, sticky: unprivileged cases write there).
+const RESULTS_DIR: &str = "/tmp/lab-results";
+/// Where work directories go in the guest.
+const WORK_DIR: &str = "/tmp/lab-work";
+/// The guest's unprivileged user and group (`nobody`, `nogroup`).
+const UNPRIVILEGED: (u32, u32) = (65534, 65534);
+/// The guest's architecture and platform names, as Kyua's `allowed_*` properties see them.
+const ARCHITECTURES: &[&str] = &["x86_64", "amd64"];
+const PLATFORMS: &[&str] = &["x86_64", "amd64", "linux"];
+
+/// The run's fixed facts, shared by every slot.
+#[derive(Debug)]
+pub(crate) struct Context<'a> {
+    opts: &'a Options,
+    filters: &'a [String],
+    /// Suite root on the host → its number (`/lab/suites/N` in the guest).
+    roots: HashMap<PathBuf, usize>,
+    /// Files of every suite root: (guest path, mode, host path).
+    files: Vec<(String, u32, PathBuf)>,
+    next: AtomicU64,
+}
+
+impl<'a> Context<'a> {
+    pub(crate) fn new(plan: &'a Plan, opts: &'a Options) -> Self {
+        let roots = suite_roots(&plan.programs);
+        let mut files = Vec::new();
+        let mut sorted: Vec<_> = roots.iter().collect();
+        sorted.sort_by_key(|(_, n)| **n);
+        for (root, n) in sorted {
+            collect_files(root, &format!("/lab/suites/{n}"), &mut files);
+        }
+        Self {
+            opts,
+            filters: &plan.filters,
+            roots,
+            files,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn live_output(&self) -> bool {
+        self.opts.live_output
+    }
+
+    /// Whether `case` of `program` passes the plan's filters.
+    pub(crate) fn selected(&self, program: &TestProgram, case: &str) -> bool {
+        self.filters.is_empty()
+            || self.filters.iter().any(|f| match f.split_once(':') {
+                Some((p, c)) => glob_path(p, &program.path) && (c == case || c == "*"),
+                None => glob_path(f, &program.path),
+            })
+    }
+
+    /// Whether any case of `program` may pass the filters.
+    pub(crate) fn selected_program(&self, program: &TestProgram) -> bool {
+        self.filters.is_empty()
+            || self.filters.iter().any(|f| {
+                let p = f.split_once(':').map_or(f.as_str(), |(p, _)| p);
+                glob_path(p, &program.path)
+            })
+    }
+
+    /// The program's path in the guest.
+    fn guest_path(&self, program: &TestProgram) -> String {
+        let n = self.roots.get(&program.root).copied().unwrap_or(0);
+        format!("/lab/suites/{n}/{}", program.path)
+    }
+
+    fn srcdir(&self, program: &TestProgram) -> String {
+        let path = self.guest_path(program);
+        match path.rsplit_once('/') {
+            Some((dir, _)) if !dir.is_empty() => dir.to_string(),
+            _ => "/".to_string(),
+        }
+    }
+
+    fn unique(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The requirements the host can decide (configuration, architecture, platform, memory);
+    /// `Some(skipped)` when one is not met. Kyua's order and wording.
+    pub(crate) fn host_requirements(
+        &self,
+        _program: &TestProgram,
+        case: &TestCase,
+    ) -> Option<TestResult> {
+        let md = &case.metadata;
+        for config in &md.required_configs {
+            let known = self.opts.config.contains_key(config)
+                || (config == "unprivileged-user" || config == "unprivileged_user");
+            if !known {
+                return Some(requirement(format!(
+                    "Required configuration property '{config}' not defined"
+                )));
+            }
+        }
+        if !md.allowed_architectures.is_empty()
+            && !ARCHITECTURES
+                .iter()
+                .any(|a| md.allowed_architectures.contains(*a))
+        {
+            return Some(requirement(format!(
+                "Current architecture '{}' not supported",
+                ARCHITECTURES[0]
+            )));
+        }
+        if !md.allowed_platforms.is_empty()
+            && !PLATFORMS.iter().any(|p| md.allowed_platforms.contains(*p))
+        {
+            return Some(requirement(format!(
+                "Current platform '{}' not supported",
+                PLATFORMS[0]
+            )));
+        }
+        if md.required_memory > 0 && md.required_memory > self.opts.vm_memory {
+            return Some(requirement(format!(
+                "Requires {} bytes of physical memory but only {} available",
+                md.required_memory, self.opts.vm_memory
+            )));
+        }
+        None
+    }
+}
+
+fn requirement(reason: String) -> TestResult {
+    TestResult::skipped(reason).with_cause(Cause::Requirement)
+}
+
+/// `pattern` matches `path` exactly, or as a directory prefix, or with a trailing `*`.
+fn glob_path(pattern: &str, path: &str) -> bool {
+    let pattern = pattern.trim_end_matches('/');
+    match pattern.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => path == pattern || path.starts_with(&format!("{pattern}/")),
+    }
+}
+
+/// Every regular file under `dir` (following symlinks, skipping `.git`), with its guest path.
+fn collect_files(dir: &Path, guest_dir: &str, out: &mut Vec<(String, u32, PathBuf)>) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == ".git" {
+            continue;
+        }
+        let path = e.path();
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let guest = format!("{guest_dir}/{name}");
+        if meta.is_dir() {
+            collect_files(&path, &guest, out);
+        } else if meta.is_file() {
+            out.push((guest, meta.permissions().mode() & 0o7777, path));
+        }
+    }
+}
+
+/// Readies a fresh VM: the suite trees and the results directory.
+pub(crate) fn prepare_vm(guest: &mut dyn Guest, ctx: &Context<'_>) -> Result<(), VmError> {
+    for (path, mode, host) in &ctx.files {
+        let data = std::fs::read(host)
+            .map_err(|e| VmError::Request(format!("failed to read {}: {e}", host.display())))?;
+        guest.put(path, *mode, &data)?;
+    }
+    let script = format!("mkdir -p {RESULTS_DIR} {WORK_DIR} && chmod 1777 {RESULTS_DIR} /lab /lab/suites 2>/dev/null; chmod -R a+rX /lab");
+    let out = run_capture(guest, sh(&script), SETUP_TIMEOUT)?;
+    if out.outcome.status != ExitStatus::Code(0) {
+        return Err(VmError::Request(format!(
+            "failed to prepare the guest: {}: {}",
+            out.outcome.status,
+            out.stderr.trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Why a program could not be listed.
+#[derive(Debug)]
+pub(crate) enum ListError {
+    /// The program's fault: its `__test_cases_list__` result.
+    Broken(TestResult),
+    /// The VM's.
+    Guest(VmError),
+}
+
+/// Lists the cases of an atf (or bpf) program in the guest.
+pub(crate) fn list(
+    guest: &mut dyn Guest,
+    ctx: &Context<'_>,
+    program: &TestProgram,
+) -> Result<Vec<TestCase>, ListError> {
+    match program.interface {
+        Interface::Atf => {}
+        Interface::Bpf => {
+            return Err(ListError::Broken(
+                TestResult::broken("the bpf interface is not supported yet")
+                    .with_cause(Cause::Exec),
+            ))
+        }
+        Interface::Plain | Interface::Tap => return Ok(program.cases.clone()),
+    }
+    let mut job = Job::new(atf::list_argv(&ctx.guest_path(program)));
+    job.cwd = ctx.srcdir(program);
+    job.env = base_env(Interface::Atf, "/tmp");
+    let out = run_capture(guest, job, LIST_TIMEOUT).map_err(ListError::Guest)?;
+    let broken =
+        |reason: String| ListError::Broken(TestResult::broken(reason).with_cause(Cause::Protocol));
+    if out.outcome.timed_out {
+        return Err(broken(format!(
+            "Test program timed out while listing its cases after {LIST_TIMEOUT:?}"
+        )));
+    }
+    if out.outcome.status != ExitStatus::Code(0) {
+        return Err(broken(format!(
+            "Test program failed to list its cases ({}){}",
+            out.outcome.status,
+            stderr_hint(&out.stderr)
+        )));
+    }
+    atf::parse_list(&out.stdout, &program.metadata).map_err(|e| broken(e.reason()))
+}
+
+fn stderr_hint(stderr: &str) -> String {
+    let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+    last.map(|l| format!(": {}", l.trim())).unwrap_or_default()
+}
+
+/// What a case's run gave.
+#[derive(Debug, Clone)]
+pub(crate) struct CaseRun {
+    pub(crate) result: TestResult,
+    pub(crate) subresults: Vec<SubResult>,
+    pub(crate) duration: Duration,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl CaseRun {
+    fn empty(result: TestResult) -> Self {
+        Self {
+            result,
+            subresults: Vec::new(),
+            duration: Duration::ZERO,
+            stdout: String::new(),
+            stderr: String::new(),
+        }
+    }
+}
+
+/// Runs one case; on a guest failure, returns what was gathered so far with the error.
+pub(crate) fn run_case(
+    guest: &mut dyn Guest,
+    ctx: &Context<'_>,
+    program: &TestProgram,
+    case: &TestCase,
+    output: &mut dyn FnMut(Stream, &[u8]),
+) -> Result<CaseRun, Box<(CaseRun, VmError)>> {
+    let fail = |e| Box::new((CaseRun::empty(TestResult::broken("not run")), e));
+    let md = &case.metadata;
+    let user = match md.required_user {
+        RequiredUser::Unprivileged => Some(UNPRIVILEGED),
+        RequiredUser::Root | RequiredUser::Any => None,
+    };
+    if let Some(skip) = guest_requirements(guest, case, user).map_err(fail)? {
+        return Ok(CaseRun::empty(skip));
+    }
+
+    let n = ctx.unique();
+    let workdir = format!("{WORK_DIR}/{n}");
+    let cleanup = program.interface == Interface::Atf && md.has_cleanup;
+    let isolation = isolation(&ctx.guest_path(program), case);
+    let make_job = |argv: Vec<String>| {
+        let mut job = Job::new(argv);
+        job.env = base_env(program.interface, &workdir);
+        if matches!(program.interface, Interface::Plain | Interface::Tap) {
+            // Kyua hands plain and tap programs the configuration as TEST_ENV_ variables.
+            job.env.extend(
+                ctx.opts
+                    .config
+                    .iter()
+                    .map(|(k, v)| format!("TEST_ENV_{k}={v}")),
+            );
+        }
+        job.cwd = workdir.clone();
+        job.user = user;
+        job.isolation = isolation.clone();
+        // The body and cleanup of a case share its work directory: the lab makes and removes
+        // it around both; otherwise the agent does, around the one exec.
+        job.workdir = !cleanup;
+        job
+    };
+    if cleanup {
+        let owner = user
+            .map(|(u, g)| format!(" && chown {u}:{g} {workdir}"))
+            .unwrap_or_default();
+        setup(guest, &format!("mkdir -p -m 0700 {workdir}{owner}")).map_err(fail)?;
+    }
+
+    let mut captured = Captured::default();
+    let mut tee = |stream: Stream, data: &[u8]| {
+        captured.push(stream, data);
+        output(stream, data);
+    };
+    let guest_program = ctx.guest_path(program);
+    let srcdir = ctx.srcdir(program);
+    let config: Vec<(String, String)> = ctx
+        .opts
+        .config
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+
+    let outcome = match program.interface {
+        Interface::Atf => {
+            let resfile = format!("{RESULTS_DIR}/{n}");
+            let body = make_job(atf::run_argv(
+                &guest_program,
+                &srcdir,
+                &case.name,
+                &resfile,
+                &config,
+            ));
+            let result = (|| {
+                let body_out = guest.exec(&body, md.timeout, &mut tee)?;
+                let raw = guest
+                    .get(&resfile)?
+                    .map(|bytes| atf::parse_result_file(&String::from_utf8_lossy(&bytes)));
+                let cleanup_out = if cleanup {
+                    let job = make_job(atf::cleanup_argv(
+                        &guest_program,
+                        &srcdir,
+                        &case.name,
+                        &config,
+                    ));
+                    Some(guest.exec(&job, CLEANUP_TIMEOUT, &mut tee)?)
+                } else {
+                    None
+                };
+                let result = atf::result(
+                    raw,
+                    &to_run(&body_out),
+                    cleanup_out.as_ref().map(to_run).as_ref(),
+                );
+                Ok((result, Vec::new(), body_out.wall))
+            })();
+            if cleanup {
+                // Best effort: a VM that died has nothing left to clean.
+                let _ = setup(guest, &format!("rm -rf {workdir} {resfile}"));
+            } else {
+                let _ = setup(guest, &format!("rm -f {resfile}"));
+            }
+            result
+        }
+        Interface::Plain => {
+            let job = make_job(vec![guest_program.clone()]);
+            guest
+                .exec(&job, md.timeout, &mut tee)
+                .map(|o| (plain::result(&to_run(&o)), Vec::new(), o.wall))
+        }
+        Interface::Tap => {
+            let job = make_job(vec![guest_program.clone()]);
+            guest.exec(&job, md.timeout, &mut tee).map(|o| {
+                let report = tap::parse(&captured.parse_stdout());
+                let (result, subs) = tap::result(&report, &to_run(&o));
+                (result, subs, o.wall)
+            })
+        }
+        Interface::Bpf => Ok((
+            TestResult::broken("the bpf interface is not supported yet").with_cause(Cause::Exec),
+            Vec::new(),
+            Duration::ZERO,
+        )),
+    };
+    let (stdout, stderr) = captured.texts();
+    match outcome {
+        Ok((result, subresults, duration)) => Ok(CaseRun {
+            result,
+            subresults,
+            duration,
+            stdout,
+            stderr,
+        }),
+        Err(e) => Err(Box::new((
+            CaseRun {
+                result: TestResult::broken("not run"),
+                subresults: Vec::new(),
+                duration: Duration::ZERO,
+                stdout,
+                stderr,
+            },
+            e,
+        ))),
+    }
+}
+
+fn to_run(o: &ExecOutcome) -> RunOutcome {
+    RunOutcome {
+        status: o.status,
+        timed_out: o.timed_out,
+    }
+}
+
+/// Kyua's jail name for a case: `kyua` + the program's path as run and the case, every
+/// character outside `[A-Za-z0-9_]` as `_`, cut from the left to fit a UTS hostname.
+pub fn jail_name(program: &str, case: &str) -> String {
+    const HOSTNAME_MAX: usize = 64;
+    let name: String = format!("{program}_{case}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let keep = HOSTNAME_MAX - "kyua".len();
+    let cut = name.len().saturating_sub(keep);
+    format!("kyua{}", &name[cut..])
+}
+
+fn isolation(guest_program: &str, case: &TestCase) -> Option<lab_proto::Isolation> {
+    let md = &case.metadata;
+    if md.execenv != Execenv::Jail {
+        return None;
+    }
+    use lab_proto::message::{NS_IPC, NS_MOUNT, NS_NET, NS_PID, NS_UTS};
+    let mut namespaces = NS_MOUNT | NS_PID | NS_UTS | NS_IPC;
+    if md.jail_vnet() {
+        namespaces |= NS_NET;
+    }
+    Some(lab_proto::Isolation {
+        namespaces,
+        hostname: jail_name(guest_program, &case.name),
+    })
+}
+
+/// Kyua's isolation of a test's environment: HOME and TMPDIR in the work directory, TZ=UTC,
+/// the locale cleared (guest-init's base environment has none).
+fn base_env(interface: Interface, workdir: &str) -> Vec<String> {
+    let mut env = vec![
+        format!("HOME={workdir}"),
+        format!("TMPDIR={workdir}"),
+        "TZ=UTC".to_string(),
+        "LANG=C".to_string(),
+    ];
+    if interface == Interface::Atf {
+        env.push("__RUNNING_INSIDE_ATF_RUN=internal-yes-value".to_string());
+        // Debian's atf-sh runs bodies under /bin/bash unless told otherwise; the guest's
+        // shell is /bin/sh.
+        env.push("ATF_SHELL=/bin/sh".to_string());
+    }
+    env
+}
+
+/// The requirements only the guest can decide (files, programs, disk space, the user).
+fn guest_requirements(
+    guest: &mut dyn Guest,
+    case: &TestCase,
+    user: Option<(u32, u32)>,
+) -> Result<Option<TestResult>, VmError> {
+    let md = &case.metadata;
+    if md.required_files.is_empty()
+        && md.required_programs.is_empty()
+        && md.required_disk_space == 0
+    {
+        return Ok(None);
+    }
+    let _ = user;
+    let mut script = String::new();
+    for f in &md.required_files {
+        script.push_str(&format!("[ -e {q} ] || echo file {q}\n", q = quote(f)));
+    }
+    for p in &md.required_programs {
+        if p.starts_with('/') {
+            script.push_str(&format!("[ -x {q} ] || echo prog {q}\n", q = quote(p)));
+        } else {
+            script.push_str(&format!(
+                "command -v {q} >/dev/null 2>&1 || echo path {q}\n",
+                q = quote(p)
+            ));
+        }
+    }
+    if md.required_disk_space > 0 {
+        script.push_str(&format!(
+            "echo disk $(df -Pk {WORK_DIR} | awk 'NR==2 {{ print $4 }}')\n"
+        ));
+    }
+    let out = run_capture(guest, sh(&script), SETUP_TIMEOUT)?;
+    for line in out.stdout.lines() {
+        let (kind, what) = line.split_once(' ').unwrap_or((line, ""));
+        let reason = match kind {
+            "file" => format!("Required file '{what}' not found"),
+            "prog" => format!("Required program '{what}' not found"),
+            "path" => format!("Required program '{what}' not found in PATH"),
+            "disk" => {
+                let avail = what.trim().parse::<u64>().unwrap_or(0) * 1024;
+                if avail >= md.required_disk_space {
+                    continue;
+                }
+                format!(
+                    "Requires {} bytes of free disk space but only {avail} bytes available",
+                    md.required_disk_space
+                )
+            }
+            _ => continue,
+        };
+        return Ok(Some(requirement(reason)));
+    }
+    Ok(None)
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn sh(script: &str) -> Job {
+    Job::new(["/bin/sh", "-c", script])
+}
+
+/// Runs a lab bookkeeping command; a failure is the guest's, not the test's.
+fn setup(guest: &mut dyn Guest, script: &str) -> Result<(), VmError> {
+    let out = run_capture(guest, sh(script), SETUP_TIMEOUT)?;
+    if out.outcome.status == ExitStatus::Code(0) {
+        Ok(())
+    } else {
+        Err(VmError::Request(format!(
+            "'{script}' failed in the guest: {}{}",
+            out.outcome.status,
+            stderr_hint(&out.stderr)
+        )))
+    }
+}
+
+struct Capture {
+    outcome: ExecOutcome,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_capture(guest: &mut dyn Guest, job: Job, timeout: Duration) -> Result<Capture, VmError> {
+    let mut captured = Captured::default();
+    let outcome = guest.exec(&job, timeout, &mut |s, d| captured.push(s, d))?;
+    Ok(Capture {
+        outcome,
+        stdout: captured.parse_stdout(),
+        stderr: String::from_utf8_lossy(&captured.stderr).into_owned(),
+    })
+}
+
+/// Output kept from an exec: stdout up to the parse limit (then its tail), stderr's tail.
+#[derive(Debug, Default)]
+struct Captured {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    stdout_dropped: bool,
+}
+
+impl Captured {
+    fn push(&mut self, stream: Stream, data: &[u8]) {
+        match stream {
+            Stream::Stdout => {
+                if self.stdout.len() + data.len() <= PARSE_OUTPUT {
+                    self.stdout.extend_from_slice(data);
+                } else {
+                    self.stdout_dropped = true;
+                }
+            }
+            Stream::Stderr => {
+                self.stderr.extend_from_slice(data);
+                if self.stderr.len() > 2 * KEEP_OUTPUT {
+                    self.stderr.drain(..self.stderr.len() - KEEP_OUTPUT);
+                }
+            }
+        }
+    }
+
+    fn parse_stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// The kept tails for the report.
+    fn texts(&self) -> (String, String) {
+        let tail = |b: &[u8]| {
+            let start = b.len().saturating_sub(KEEP_OUTPUT);
+            String::from_utf8_lossy(&b[start..]).into_owned()
+        };
+        let mut stdout = tail(&self.stdout);
+        if self.stdout_dropped {
+            stdout.push_str("\n[lab: output past 8 MiB dropped]\n");
+        }
+        (stdout, tail(&self.stderr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jail_names_follow_kyua() {
+        assert_eq!(
+            jail_name("/lab/suites/0/net/bind.sh", "main"),
+            "kyua_lab_suites_0_net_bind_sh_main"
+        );
+        let long = jail_name(&format!("/{}", "x".repeat(100)), "case-1");
+        assert_eq!(long.len(), 64);
+        assert!(long.starts_with("kyuax") && long.ends_with("_case_1"));
+    }
+
+    #[test]
+    fn filters() {
+        assert!(glob_path("net", "net/bind.sh"));
+        assert!(glob_path("net/", "net/bind.sh"));
+        assert!(!glob_path("ne", "net/bind.sh"));
+        assert!(glob_path("ne*", "net/bind.sh"));
+        assert!(glob_path("net/bind.sh", "net/bind.sh"));
+    }
+}

@@ -1,0 +1,919 @@
+//! The scheduler: runs the test cases of a suite on one or more kernels across a number of VM
+//! slots, and emits [`RunEvent`]s in the order `lab_model::event` documents. It never prints.
+//!
+//! Units of work are (kernel × test case); atf and bpf programs are first listed in a VM of
+//! each kernel, which adds their cases. Each slot is a worker thread holding at most one VM:
+//! it serves many cases of one kernel in a row and boots a VM of another kernel when its own
+//! has no work left. Cases marked `is_exclusive` run after the parallel phase, one at a time.
+//! A case with `execenv = "vm"` gets a fresh VM of its own.
+//!
+//! VMs are reached only through [`Launcher`] and [`Guest`], so the scheduler is tested with
+//! fakes (below) and runs real VMs through `crate::launcher`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use lab_model::{
+    CaseId, Cause, Counts, Execenv, RunEvent, TestCase, TestProgram, TestResult, LIST_CASE,
+    MAIN_CASE,
+};
+use lab_proto::{ExitStatus, Job, Stream};
+
+use crate::cancel::Cancel;
+use crate::executor::{self, CaseRun, Context, ListError};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Kernels by the names the user gave, each running every program.
+    pub kernels: Vec<String>,
+    /// The test programs (cases of plain/tap programs known, atf/bpf ones listed in the VM).
+    pub programs: Vec<TestProgram>,
+    /// If not empty, only these cases run (`program:case`, or `program` for all its cases).
+    pub filters: Vec<String>,
+}
+
+/// How to run it.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// VM slots (at least 1).
+    pub jobs: usize,
+    /// Configuration variables (`-v name=value`): `required_configs` and atf's `-v`.
+    pub config: BTreeMap<String, String>,
+    /// Emit [`RunEvent::CaseOutput`] as output arrives.
+    pub live_output: bool,
+    /// Each VM's memory in bytes (for `required_memory`).
+    pub vm_memory: u64,
+}
+
+/// Why a VM could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VmError {
+    /// The VM failed: it did not boot, died, or its agent was lost. It is unusable.
+    #[error("{reason}")]
+    Failed {
+        /// What happened.
+        reason: String,
+        /// VmBoot, VmDied or AgentLost.
+        cause: Cause,
+        /// The console's last lines.
+        console_tail: Vec<String>,
+    },
+    /// A request failed in the guest (a put or an exec the agent refused); the VM is fine.
+    #[error("{0}")]
+    Request(String),
+    /// The run was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// How an exec in the guest ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecOutcome {
+    /// Its exit (SIGKILL when it was killed for its timeout).
+    pub status: ExitStatus,
+    /// Whether it ran past its timeout and was killed.
+    pub timed_out: bool,
+    /// Its wall time.
+    pub wall: Duration,
+}
+
+/// A booted VM with its agent ready.
+pub trait Guest: Send {
+    /// The guest kernel's release.
+    fn release(&self) -> String;
+    /// Launch → agent ready.
+    fn boot_time(&self) -> Duration;
+    /// Writes a file (parents created).
+    fn put(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<(), VmError>;
+    /// Runs `job`, killing it after `timeout`; output goes to `output` as it arrives.
+    fn exec(
+        &mut self,
+        job: &Job,
+        timeout: Duration,
+        output: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<ExecOutcome, VmError>;
+    /// Reads a file; `None` when it does not exist.
+    fn get(&mut self, path: &str) -> Result<Option<Vec<u8>>, VmError>;
+    /// Powers the VM off.
+    fn shutdown(self: Box<Self>);
+}
+
+/// Boots VMs.
+pub trait Launcher: Sync {
+    /// Boots a VM of `kernel` (one of the plan's names) for `slot`.
+    fn launch(&self, kernel: &str, slot: usize) -> Result<Box<dyn Guest>, VmError>;
+}
+
+/// Runs `plan` and returns the counts of results; events go to `on_event` on the calling
+/// thread, in order.
+pub fn run(
+    plan: &Plan,
+    opts: &Options,
+    launcher: &dyn Launcher,
+    cancel: &Cancel,
+    on_event: &mut dyn FnMut(&RunEvent),
+) -> Counts {
+    let started = Instant::now();
+    let jobs = opts.jobs.max(1);
+    let (tx, rx) = mpsc::channel::<RunEvent>();
+    let mut counts = Counts::default();
+    let mut forward = |e: RunEvent, counts: &mut Counts| {
+        if let RunEvent::CaseFinished { result, .. } = &e {
+            counts.add(result.kind);
+        }
+        on_event(&e);
+    };
+    forward(
+        RunEvent::RunStarted {
+            kernels: plan.kernels.clone(),
+            programs: plan.programs.len(),
+            jobs,
+        },
+        &mut counts,
+    );
+
+    let ctx = Context::new(plan, opts);
+    let shared = Shared::new(plan, &ctx, &tx);
+    std::thread::scope(|s| {
+        for slot in 0..jobs {
+            let (shared, tx, ctx) = (&shared, tx.clone(), &ctx);
+            s.spawn(move || {
+                Worker {
+                    slot,
+                    shared,
+                    ctx,
+                    launcher,
+                    cancel,
+                    tx,
+                    vm: None,
+                }
+                .work()
+            });
+        }
+        drop(tx);
+        // Forward events as the workers send them; the loop ends when every worker is done.
+        for e in rx.iter() {
+            forward(e, &mut counts);
+        }
+    });
+
+    let interrupted = cancel.is_cancelled();
+    // Programs cut short by an interrupt still get their ProgramFinished.
+    let unfinished = shared.lock().unfinished();
+    for (kernel, program) in unfinished {
+        forward(RunEvent::ProgramFinished { kernel, program }, &mut counts);
+    }
+    forward(
+        RunEvent::RunFinished {
+            counts,
+            duration: started.elapsed(),
+            interrupted,
+        },
+        &mut counts,
+    );
+    counts
+}
+
+/// A unit of work on one kernel.
+#[derive(Debug, Clone)]
+enum Unit {
+    /// List an atf/bpf program's cases.
+    List(usize),
+    /// Run a case of a program.
+    Case(usize, Box<TestCase>),
+}
+
+impl Unit {
+    fn program(&self) -> usize {
+        match self {
+            Self::List(p) | Self::Case(p, _) => *p,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Parallel,
+    Exclusive,
+    Done,
+}
+
+#[derive(Debug)]
+struct KernelWork {
+    name: String,
+    queue: VecDeque<Unit>,
+    exclusive: VecDeque<Unit>,
+    /// Units outstanding per program (queued, running, or a listing still to add cases).
+    pending: Vec<usize>,
+    /// Set once the kernel's VM could not boot: its units are broken without running.
+    failed: Option<String>,
+}
+
+#[derive(Debug)]
+struct State {
+    kernels: Vec<KernelWork>,
+    phase: Phase,
+    /// Units being run (which may add units when they are listings).
+    running: usize,
+    interrupted: bool,
+}
+
+impl State {
+    /// (kernel, program index) pairs whose ProgramFinished has not been sent.
+    fn unfinished(&self) -> Vec<(String, usize)> {
+        self.kernels
+            .iter()
+            .flat_map(|k| {
+                k.pending
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(p, _)| (k.name.clone(), p))
+            })
+            .collect()
+    }
+}
+
+struct Shared<'a> {
+    state: Mutex<State>,
+    wake: Condvar,
+    programs: &'a [TestProgram],
+}
+
+impl<'a> Shared<'a> {
+    /// The initial state: every program's first unit on every kernel. Programs missing on the
+    /// host and cases filtered out never enter the queues; the former get their broken result
+    /// here.
+    fn new(plan: &'a Plan, ctx: &Context<'_>, tx: &mpsc::Sender<RunEvent>) -> Self {
+        let mut kernels = Vec::new();
+        for kernel in &plan.kernels {
+            let mut k = KernelWork {
+                name: kernel.clone(),
+                queue: VecDeque::new(),
+                exclusive: VecDeque::new(),
+                pending: vec![0; plan.programs.len()],
+                failed: None,
+            };
+            for (i, p) in plan.programs.iter().enumerate() {
+                if !ctx.selected_program(p) {
+                    continue;
+                }
+                if !p.host_path().is_file() {
+                    let case = if p.needs_listing() {
+                        LIST_CASE
+                    } else {
+                        MAIN_CASE
+                    };
+                    let _ = tx.send(not_run(kernel, p, case, missing(p)));
+                    let _ = tx.send(RunEvent::ProgramFinished {
+                        kernel: kernel.clone(),
+                        program: p.path.clone(),
+                    });
+                    continue;
+                }
+                let units: Vec<Unit> = if p.needs_listing() {
+                    vec![Unit::List(i)]
+                } else {
+                    p.cases
+                        .iter()
+                        .filter(|c| ctx.selected(p, &c.name))
+                        .map(|c| Unit::Case(i, Box::new(c.clone())))
+                        .collect()
+                };
+                if units.is_empty() {
+                    continue;
+                }
+                if !p.needs_listing() {
+                    let _ = tx.send(RunEvent::CasesListed {
+                        kernel: kernel.clone(),
+                        program: p.path.clone(),
+                        cases: units.len(),
+                    });
+                }
+                k.pending[i] = units.len();
+                for u in units {
+                    k.push(u);
+                }
+            }
+            kernels.push(k);
+        }
+        // The lab's programs are referred to by index in `pending`; `unfinished` maps back.
+        Self {
+            state: Mutex::new(State {
+                kernels,
+                phase: Phase::Parallel,
+                running: 0,
+                interrupted: false,
+            }),
+            wake: Condvar::new(),
+            programs: &plan.programs,
+        }
+    }
+
+    fn lock(&self) -> Guard<'_, 'a> {
+        Guard {
+            state: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            programs: self.programs,
+        }
+    }
+}
+
+/// The state, locked, with the programs at hand to name them.
+struct Guard<'g, 'a> {
+    state: MutexGuard<'g, State>,
+    programs: &'a [TestProgram],
+}
+
+impl Guard<'_, '_> {
+    fn unfinished(&self) -> Vec<(String, String)> {
+        self.state
+            .unfinished()
+            .into_iter()
+            .map(|(k, p)| (k, self.programs[p].path.clone()))
+            .collect()
+    }
+}
+
+impl KernelWork {
+    fn push(&mut self, unit: Unit) {
+        let exclusive = match &unit {
+            Unit::Case(_, c) => c.metadata.is_exclusive,
+            Unit::List(_) => false,
+        };
+        if exclusive {
+            self.exclusive.push_back(unit);
+        } else {
+            self.queue.push_back(unit);
+        }
+    }
+}
+
+fn queue_of(k: &mut KernelWork, exclusive: bool) -> &mut VecDeque<Unit> {
+    if exclusive {
+        &mut k.exclusive
+    } else {
+        &mut k.queue
+    }
+}
+
+/// The next unit for a slot holding a VM of kernel `own`: its own kernel's first, otherwise
+/// the kernel with the most work waiting.
+fn pick(kernels: &mut [KernelWork], own: Option<usize>, exclusive: bool) -> Option<(usize, Unit)> {
+    if let Some(k) = own {
+        if let Some(u) = queue_of(&mut kernels[k], exclusive).pop_front() {
+            return Some((k, u));
+        }
+    }
+    let len = |k: &KernelWork| {
+        if exclusive {
+            k.exclusive.len()
+        } else {
+            k.queue.len()
+        }
+    };
+    let k = (0..kernels.len())
+        .filter(|&k| len(&kernels[k]) > 0)
+        .max_by_key(|&k| (len(&kernels[k]), std::cmp::Reverse(k)))?;
+    queue_of(&mut kernels[k], exclusive)
+        .pop_front()
+        .map(|u| (k, u))
+}
+
+/// A CaseFinished for a case that never ran.
+fn not_run(kernel: &str, p: &TestProgram, case: &str, result: TestResult) -> RunEvent {
+    RunEvent::CaseFinished {
+        id: CaseId {
+            kernel: kernel.to_string(),
+            program: p.path.clone(),
+            case: case.to_string(),
+        },
+        interface: p.interface,
+        result,
+        subresults: Vec::new(),
+        duration: Duration::ZERO,
+        stdout: String::new(),
+        stderr: String::new(),
+    }
+}
+
+struct Worker<'s, 'a> {
+    slot: usize,
+    shared: &'s Shared<'a>,
+    ctx: &'s Context<'a>,
+    launcher: &'s dyn Launcher,
+    cancel: &'s Cancel,
+    tx: mpsc::Sender<RunEvent>,
+    /// The VM this slot holds: its kernel's index and the guest.
+    vm: Option<(usize, Box<dyn Guest>)>,
+}
+
+impl Worker<'_, '_> {
+    fn work(mut self) {
+        while let Some((k, unit)) = self.next() {
+            self.run_unit(k, unit);
+            let mut g = self.shared.lock();
+            g.state.running -= 1;
+            drop(g);
+            self.shared.wake.notify_all();
+        }
+        if let Some((_, vm)) = self.vm.take() {
+            vm.shutdown();
+        }
+    }
+
+    /// The next unit for this slot, waiting while listings in progress may still add work.
+    fn next(&mut self) -> Option<(usize, Unit)> {
+        let mut g = self.shared.lock();
+        loop {
+            if self.cancel.is_cancelled() {
+                if !g.state.interrupted {
+                    g.state.interrupted = true;
+                    let _ = self.tx.send(RunEvent::Interrupted { forced: false });
+                }
+                self.shared.wake.notify_all();
+                return None;
+            }
+            let phase = g.state.phase;
+            let own = self.vm.as_ref().map(|(k, _)| *k);
+            match phase {
+                Phase::Parallel => {
+                    if let Some(found) = pick(&mut g.state.kernels, own, false) {
+                        g.state.running += 1;
+                        return Some(found);
+                    }
+                    if g.state.running == 0 {
+                        g.state.phase = Phase::Exclusive;
+                        self.shared.wake.notify_all();
+                        continue;
+                    }
+                }
+                Phase::Exclusive => {
+                    // One slot runs the exclusive cases, one at a time.
+                    if self.slot != 0 {
+                        return None;
+                    }
+                    if let Some(found) = pick(&mut g.state.kernels, own, true) {
+                        g.state.running += 1;
+                        return Some(found);
+                    }
+                    g.state.phase = Phase::Done;
+                    self.shared.wake.notify_all();
+                    return None;
+                }
+                Phase::Done => return None,
+            }
+            g.state = self
+                .shared
+                .wake
+                .wait(g.state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn send(&self, e: RunEvent) {
+        let _ = self.tx.send(e);
+    }
+
+    fn run_unit(&mut self, k: usize, unit: Unit) {
+        let p = unit.program();
+        let program = &self.shared.programs[p];
+        let kernel = self.shared.lock().state.kernels[k].name.clone();
+
+        // A kernel that cannot boot breaks its units without trying again.
+        let failed = self.shared.lock().state.kernels[k].failed.clone();
+        if let Some(reason) = failed {
+            self.finish_unrun(
+                k,
+                &unit,
+                TestResult::broken(reason).with_cause(Cause::VmBoot),
+            );
+            return;
+        }
+        // Requirements the host can check need no VM.
+        if let Unit::Case(_, case) = &unit {
+            if let Some(skip) = self.ctx.host_requirements(program, case) {
+                self.finish_unrun(k, &unit, skip);
+                return;
+            }
+        }
+
+        let fresh = matches!(&unit, Unit::Case(_, c) if c.metadata.execenv == Execenv::Vm);
+        if fresh {
+            // A fresh VM of its own: this slot's VM is put away first.
+            if let Some((_, vm)) = self.vm.take() {
+                vm.shutdown();
+            }
+        } else if self.vm.as_ref().is_some_and(|(vk, _)| *vk != k) {
+            if let Some((_, vm)) = self.vm.take() {
+                vm.shutdown();
+            }
+        }
+        if self.vm.is_none() {
+            match self.boot(&kernel) {
+                Ok(vm) => self.vm = Some((k, vm)),
+                // Units that never started get no result on interrupt; their programs still
+                // get ProgramFinished at the end of the run.
+                Err(VmError::Cancelled) => return,
+                Err(e) => {
+                    let reason = format!("VM boot failed: {e}");
+                    self.fail_kernel(k, &reason);
+                    self.finish_unrun(
+                        k,
+                        &unit,
+                        TestResult::broken(reason).with_cause(Cause::VmBoot),
+                    );
+                    return;
+                }
+            }
+        }
+        let (vk, mut guest) = self.vm.take().expect("a VM was just booted");
+        let lost = match unit {
+            Unit::List(_) => match executor::list(guest.as_mut(), self.ctx, program) {
+                Ok(cases) => {
+                    let units: Vec<Unit> = cases
+                        .into_iter()
+                        .filter(|c| self.ctx.selected(program, &c.name))
+                        .map(|c| Unit::Case(p, Box::new(c)))
+                        .collect();
+                    self.send(RunEvent::CasesListed {
+                        kernel: kernel.clone(),
+                        program: program.path.clone(),
+                        cases: units.len(),
+                    });
+                    let mut g = self.shared.lock();
+                    let kw = &mut g.state.kernels[k];
+                    kw.pending[p] += units.len();
+                    for u in units {
+                        kw.push(u);
+                    }
+                    drop(g);
+                    self.shared.wake.notify_all();
+                    self.done(k, p);
+                    None
+                }
+                Err(ListError::Broken(result)) => {
+                    self.send(not_run(&kernel, program, LIST_CASE, result));
+                    self.done(k, p);
+                    None
+                }
+                Err(ListError::Guest(e)) => {
+                    let (result, lost) = self.vm_lost(&kernel, e);
+                    self.send(not_run(&kernel, program, LIST_CASE, result));
+                    self.done(k, p);
+                    lost.then_some(())
+                }
+            },
+            Unit::Case(_, case) => {
+                let id = CaseId {
+                    kernel: kernel.clone(),
+                    program: program.path.clone(),
+                    case: case.name.clone(),
+                };
+                self.send(RunEvent::CaseStarted {
+                    id: id.clone(),
+                    slot: self.slot,
+                });
+                let tx = self.tx.clone();
+                let live = self.ctx.live_output();
+                let mut output = |stream: Stream, data: &[u8]| {
+                    if live {
+                        let _ = tx.send(RunEvent::CaseOutput {
+                            id: id.clone(),
+                            stream: match stream {
+                                Stream::Stdout => lab_model::OutputStream::Stdout,
+                                Stream::Stderr => lab_model::OutputStream::Stderr,
+                            },
+                            data: data.to_vec(),
+                        });
+                    }
+                };
+                let run = executor::run_case(guest.as_mut(), self.ctx, program, &case, &mut output);
+                let (run, lost) = match run {
+                    Ok(run) => (run, false),
+                    Err(failed) => {
+                        let (partial, e) = *failed;
+                        let (result, lost) = self.vm_lost(&kernel, e);
+                        (CaseRun { result, ..partial }, lost)
+                    }
+                };
+                self.send(RunEvent::CaseFinished {
+                    id,
+                    interface: program.interface,
+                    result: run.result,
+                    subresults: run.subresults,
+                    duration: run.duration,
+                    stdout: run.stdout,
+                    stderr: run.stderr,
+                });
+                self.done(k, p);
+                (lost || fresh).then_some(())
+            }
+        };
+        if lost.is_some() {
+            guest.shutdown();
+        } else {
+            self.vm = Some((vk, guest));
+        }
+    }
+
+    fn boot(&mut self, kernel: &str) -> Result<Box<dyn Guest>, VmError> {
+        self.send(RunEvent::VmBooting {
+            slot: self.slot,
+            kernel: kernel.to_string(),
+        });
+        let mut vm = self.launcher.launch(kernel, self.slot);
+        if let Ok(guest) = vm.as_mut() {
+            if let Err(e) = executor::prepare_vm(guest.as_mut(), self.ctx) {
+                vm = Err(e);
+            }
+        }
+        match &vm {
+            Ok(guest) => self.send(RunEvent::VmReady {
+                slot: self.slot,
+                kernel: kernel.to_string(),
+                release: guest.release(),
+                boot_time: guest.boot_time(),
+            }),
+            Err(VmError::Cancelled) => {}
+            Err(e) => self.send(RunEvent::VmFailed {
+                slot: self.slot,
+                kernel: kernel.to_string(),
+                reason: e.to_string(),
+                console_tail: match e {
+                    VmError::Failed { console_tail, .. } => console_tail.clone(),
+                    _ => Vec::new(),
+                },
+            }),
+        }
+        vm
+    }
+
+    /// The result of a unit whose request failed, and whether its VM is gone (then the next
+    /// unit boots another).
+    fn vm_lost(&mut self, kernel: &str, e: VmError) -> (TestResult, bool) {
+        match e {
+            VmError::Failed {
+                reason,
+                cause,
+                console_tail,
+            } => {
+                self.send(RunEvent::VmFailed {
+                    slot: self.slot,
+                    kernel: kernel.to_string(),
+                    reason: reason.clone(),
+                    console_tail,
+                });
+                (TestResult::broken(reason).with_cause(cause), true)
+            }
+            VmError::Request(m) => (TestResult::broken(m).with_cause(Cause::Exec), false),
+            VmError::Cancelled => (
+                TestResult::broken("interrupted").with_cause(Cause::Interrupted),
+                true,
+            ),
+        }
+    }
+
+    /// Marks kernel `k` unbootable and breaks its queued units.
+    fn fail_kernel(&mut self, k: usize, reason: &str) {
+        let units: Vec<Unit> = {
+            let mut g = self.shared.lock();
+            let kw = &mut g.state.kernels[k];
+            kw.failed = Some(reason.to_string());
+            kw.queue.drain(..).chain(kw.exclusive.drain(..)).collect()
+        };
+        for u in units {
+            self.finish_unrun(k, &u, TestResult::broken(reason).with_cause(Cause::VmBoot));
+        }
+    }
+
+    fn finish_unrun(&mut self, k: usize, unit: &Unit, result: TestResult) {
+        let p = unit.program();
+        let program = &self.shared.programs[p];
+        let kernel = self.shared.lock().state.kernels[k].name.clone();
+        let case = match unit {
+            Unit::List(_) => LIST_CASE,
+            Unit::Case(_, c) => &c.name,
+        };
+        self.send(not_run(&kernel, program, case, result));
+        self.done(k, p);
+    }
+
+    /// One unit of program `p` on kernel `k` is done; the last one finishes the program.
+    fn done(&mut self, k: usize, p: usize) {
+        let mut g = self.shared.lock();
+        let kw = &mut g.state.kernels[k];
+        kw.pending[p] = kw.pending[p].saturating_sub(1);
+        if kw.pending[p] == 0 {
+            let e = RunEvent::ProgramFinished {
+                kernel: kw.name.clone(),
+                program: self.shared.programs[p].path.clone(),
+            };
+            // Sent under the lock so no later unit of this program can overtake it.
+            let _ = self.tx.send(e);
+        }
+    }
+}
+
+/// Lists every program of `plan` (its first kernel) as `lab list` shows them: atf and bpf
+/// programs in a VM booted when the first one needs it, plain and tap ones without one.
+/// A program that cannot be listed gets its `__test_cases_list__` result instead of cases.
+#[allow(clippy::type_complexity)]
+pub fn list(
+    plan: &Plan,
+    launcher: &dyn Launcher,
+) -> Result<Vec<(TestProgram, Result<Vec<TestCase>, TestResult>)>, VmError> {
+    let opts = Options {
+        jobs: 1,
+        config: BTreeMap::new(),
+        live_output: false,
+        vm_memory: 0,
+    };
+    let ctx = Context::new(plan, &opts);
+    let kernel = plan.kernels.first().map(String::as_str).unwrap_or_default();
+    let mut vm: Option<Box<dyn Guest>> = None;
+    let mut out = Vec::new();
+    for program in &plan.programs {
+        let keep = |cases: Vec<TestCase>| -> Vec<TestCase> {
+            cases
+                .into_iter()
+                .filter(|c| ctx.selected(program, &c.name))
+                .collect()
+        };
+        if !program.host_path().is_file() {
+            out.push((program.clone(), Err(missing(program))));
+            continue;
+        }
+        if !program.needs_listing() {
+            let cases = keep(program.cases.clone());
+            if !cases.is_empty() {
+                out.push((program.clone(), Ok(cases)));
+            }
+            continue;
+        }
+        if !ctx.selected_program(program) {
+            continue;
+        }
+        let guest = match vm.as_mut() {
+            Some(g) => g,
+            None => {
+                let mut g = launcher.launch(kernel, 0)?;
+                executor::prepare_vm(g.as_mut(), &ctx)?;
+                vm.insert(g)
+            }
+        };
+        match executor::list(guest.as_mut(), &ctx, program) {
+            Ok(cases) => out.push((program.clone(), Ok(keep(cases)))),
+            Err(ListError::Broken(r)) => out.push((program.clone(), Err(r))),
+            Err(ListError::Guest(e)) => return Err(e),
+        }
+    }
+    if let Some(g) = vm {
+        g.shutdown();
+    }
+    Ok(out)
+}
+
+/// Runs the one case `plan.filters[0]` names on the plan's first kernel with its output live
+/// (`opts.live_output`), emitting its events. When `keep` is set and the case did not pass,
+/// returns its VM for inspection. Ok(None) with no CaseFinished emitted: no such case.
+pub fn debug(
+    plan: &Plan,
+    opts: &Options,
+    launcher: &dyn Launcher,
+    cancel: &Cancel,
+    on_event: &mut dyn FnMut(&RunEvent),
+    keep: bool,
+) -> Result<Option<Box<dyn Guest>>, VmError> {
+    let ctx = Context::new(plan, opts);
+    let kernel = plan.kernels.first().cloned().unwrap_or_default();
+    let Some((program, case)) = plan
+        .programs
+        .iter()
+        .filter(|p| ctx.selected_program(p))
+        .map(|p| {
+            (
+                p,
+                plan.filters
+                    .first()
+                    .and_then(|f| f.split_once(':'))
+                    .map(|(_, c)| c),
+            )
+        })
+        .next()
+    else {
+        return Ok(None);
+    };
+    let case = case.unwrap_or(MAIN_CASE).to_string();
+    if !program.host_path().is_file() {
+        return Err(VmError::Request(
+            missing(program).reason.unwrap_or_default(),
+        ));
+    }
+    if cancel.is_cancelled() {
+        return Err(VmError::Cancelled);
+    }
+    on_event(&RunEvent::VmBooting {
+        slot: 0,
+        kernel: kernel.clone(),
+    });
+    let mut guest = launcher.launch(&kernel, 0)?;
+    executor::prepare_vm(guest.as_mut(), &ctx)?;
+    on_event(&RunEvent::VmReady {
+        slot: 0,
+        kernel: kernel.clone(),
+        release: guest.release(),
+        boot_time: guest.boot_time(),
+    });
+    let cases = match executor::list(guest.as_mut(), &ctx, program) {
+        Ok(cases) => cases,
+        Err(ListError::Guest(e)) => return Err(e),
+        Err(ListError::Broken(result)) => {
+            on_event(&not_run(&kernel, program, LIST_CASE, result));
+            return Ok(keep.then_some(guest));
+        }
+    };
+    let Some(case) = cases.into_iter().find(|c| c.name == case) else {
+        guest.shutdown();
+        return Ok(None);
+    };
+    let id = CaseId {
+        kernel: kernel.clone(),
+        program: program.path.clone(),
+        case: case.name.clone(),
+    };
+    on_event(&RunEvent::CaseStarted {
+        id: id.clone(),
+        slot: 0,
+    });
+    let mut output = |stream: Stream, data: &[u8]| {
+        on_event(&RunEvent::CaseOutput {
+            id: id.clone(),
+            stream: match stream {
+                Stream::Stdout => lab_model::OutputStream::Stdout,
+                Stream::Stderr => lab_model::OutputStream::Stderr,
+            },
+            data: data.to_vec(),
+        });
+    };
+    let run = executor::run_case(guest.as_mut(), &ctx, program, &case, &mut output);
+    let (run, lost) = match run {
+        Ok(run) => (run, None),
+        Err(failed) => {
+            let (partial, e) = *failed;
+            let result = match &e {
+                VmError::Cancelled => {
+                    TestResult::broken("interrupted").with_cause(Cause::Interrupted)
+                }
+                VmError::Request(m) => TestResult::broken(m.clone()).with_cause(Cause::Exec),
+                VmError::Failed { reason, cause, .. } => {
+                    TestResult::broken(reason.clone()).with_cause(*cause)
+                }
+            };
+            (CaseRun { result, ..partial }, Some(e))
+        }
+    };
+    let good = run.result.kind == lab_model::ResultType::Passed;
+    on_event(&RunEvent::CaseFinished {
+        id,
+        interface: program.interface,
+        result: run.result,
+        subresults: run.subresults,
+        duration: run.duration,
+        stdout: run.stdout,
+        stderr: run.stderr,
+    });
+    if let Some(VmError::Failed { .. }) = lost {
+        guest.shutdown();
+        return Ok(None);
+    }
+    if keep && !good {
+        return Ok(Some(guest));
+    }
+    guest.shutdown();
+    Ok(None)
+}
+
+fn missing(p: &TestProgram) -> TestResult {
+    TestResult::broken(format!(
+        "Test program '{}' does not exist",
+        p.host_path().display()
+    ))
+    .with_cause(Cause::Exec)
+}
+
+/// Where the suite roots go in the guest: `/lab/suites/N` for the Nth distinct root.
+pub fn suite_roots(programs: &[TestProgram]) -> HashMap<PathBuf, usize> {
+    let mut roots = HashMap::new();
+    for p in programs {
+        let n = roots.len();
+        roots.entry(p.root.clone()).or_insert(n);
+    }
+    roots
+}
+
+#[cfg(test)]
+mod tests;
