@@ -4,7 +4,7 @@ mod bench;
 mod boot;
 mod doctor;
 mod kernel;
-mod smoke;
+mod suites;
 mod ui;
 
 use std::path::PathBuf;
@@ -59,8 +59,13 @@ enum Command {
     Boot(boot::BootArgs),
     /// Boot a kernel once and run several shell commands in it, in order.
     RunInVm(boot::RunInVmArgs),
-    /// Run the bundled suites (the main job): boots the default kernel, fetching it on first use.
-    Test(smoke::TestArgs),
+    /// Run test suites (Kyuafiles) in VMs, in parallel, on one or more kernels; by default the
+    /// bundled suites on the default kernel, fetched on first use. TAP 14 on stdout.
+    Test(suites::TestArgs),
+    /// List the test cases of suites, like `kyua list` (atf programs are listed in a VM).
+    List(suites::ListArgs),
+    /// Run one test case with its output live; optionally keep its VM up when it fails.
+    Debug(suites::DebugArgs),
     /// Check this host: /dev/kvm, QEMU, tools, cache; which backend and accelerator each kernel
     /// gets, and why.
     Doctor(doctor::DoctorArgs),
@@ -274,7 +279,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Boot(args) => boot::run(&ui, &cancel, args),
         Command::RunInVm(args) => boot::run_in_vm(&ui, &cancel, args),
-        Command::Test(args) => smoke::run(&ui, &cancel, args),
+        Command::Test(args) => suites::test(&ui, &cancel, args),
+        Command::List(args) => suites::list(&ui, &cancel, args),
+        Command::Debug(args) => suites::debug(&ui, &cancel, args),
         Command::Doctor(args) => doctor::run(&ui, args),
         Command::Kernel(cmd) => kernel::run(&ui, cmd),
         Command::Bench(cmd) => bench::run(&ui, &cancel, cmd),

@@ -39,6 +39,11 @@ impl Ui {
         }
     }
 
+    /// Whether `-q` silenced progress (or stderr is not a terminal and `-v` was not given).
+    pub fn quiet(&self) -> bool {
+        !self.progress
+    }
+
     /// Whether diagnostics (guest-init's notes) are shown.
     pub fn verbose(&self) -> bool {
         self.verbose

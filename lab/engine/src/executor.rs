@@ -481,9 +481,6 @@ fn base_env(interface: Interface, workdir: &str) -> Vec<String> {
     ];
     if interface == Interface::Atf {
         env.push("__RUNNING_INSIDE_ATF_RUN=internal-yes-value".to_string());
-        // Debian's atf-sh runs bodies under /bin/bash unless told otherwise; the guest's
-        // shell is /bin/sh.
-        env.push("ATF_SHELL=/bin/sh".to_string());
     }
     env
 }

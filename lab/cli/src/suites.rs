@@ -1,0 +1,365 @@
+//! `lab test`, `lab list` and `lab debug`: Kyuafile suites run in VMs by the engine's
+//! scheduler, its events fed to the reporters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use lab_engine::cancel::Cancel;
+use lab_engine::launcher::VmLauncher;
+use lab_engine::scheduler::{self, Options, Plan};
+use lab_engine::suite::kyuafile;
+use lab_model::{RunEvent, TestProgram};
+use lab_report::{FanOut, HumanReporter, JsonReporter, JunitReporter, Reporter, TapReporter};
+
+use crate::ui::{BadInput, Ui};
+use crate::VmArgs;
+
+/// What goes to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// TAP 14, one subtest per kernel and test program.
+    Tap,
+    /// One JSON object per event per line.
+    Json,
+    /// Nothing: the human view (stderr) and the JUnit file only.
+    None,
+}
+
+/// Where the suites come from and which cases run: shared by test, list and debug.
+#[derive(Debug, Clone, Args)]
+pub struct Selection {
+    /// Kyuafiles or directories holding one (default: the bundled suites); other arguments
+    /// are filters, `PROGRAM` or `PROGRAM:CASE` relative to the suite root.
+    #[arg(value_name = "SUITE|FILTER")]
+    args: Vec<String>,
+    /// The Kyuafile to load (like kyua's -k); may be repeated.
+    #[arg(long = "kyuafile", value_name = "PATH")]
+    kyuafiles: Vec<PathBuf>,
+}
+
+impl Selection {
+    /// The suites to load and the filters.
+    fn split(&self) -> (Vec<PathBuf>, Vec<String>) {
+        let mut suites = self.kyuafiles.clone();
+        let mut filters = Vec::new();
+        for a in &self.args {
+            let path = Path::new(a);
+            if path.is_dir() || path.file_name().is_some_and(|f| f == "Kyuafile") && path.is_file()
+            {
+                suites.push(path.to_path_buf());
+            } else {
+                filters.push(a.clone());
+            }
+        }
+        if suites.is_empty() {
+            suites.push(crate::suites_dir());
+        }
+        (suites, filters)
+    }
+
+    /// Loads every suite; a broken Kyuafile is bad input (exit 2) and nothing boots.
+    fn load(&self) -> anyhow::Result<(Vec<TestProgram>, Vec<String>)> {
+        let (suites, filters) = self.split();
+        let mut programs = Vec::new();
+        for s in suites {
+            let suite = kyuafile::load(&s).map_err(|e| BadInput(e.to_string()))?;
+            programs.extend(suite.programs);
+        }
+        Ok((programs, filters))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Kernels to run on, comma-separated; the same suites run on each.
+    #[arg(short, long, value_delimiter = ',', default_value = lab_kernel::catalog::DEFAULT_KERNEL)]
+    kernel: Vec<String>,
+    /// VM slots: how many VMs run test cases at once (default: the host's cores).
+    #[arg(short, long)]
+    jobs: Option<usize>,
+    /// A configuration variable for the tests (`required_configs`, atf's -v): NAME=VALUE.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    /// What goes to stdout.
+    #[arg(long, value_enum, default_value_t = Format::Tap)]
+    format: Format,
+    /// Also write a JUnit XML report here.
+    #[arg(long, value_name = "PATH")]
+    junit: Option<PathBuf>,
+    #[command(flatten)]
+    select: Selection,
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+fn parse_vars(vars: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    vars.iter()
+        .map(|v| {
+            v.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| BadInput(format!("bad --var '{v}': expected NAME=VALUE")).into())
+        })
+        .collect()
+}
+
+/// A lab whose guests carry what test programs need (atf-sh, bash) besides `vm`'s packages.
+fn open_test_lab(vm: &VmArgs) -> anyhow::Result<lab_engine::lab::Lab> {
+    let mut setup = crate::LabSetup::from(vm);
+    for p in lab_engine::guest::DEFAULT_TEST_PACKAGES {
+        if !setup.guest_packages.iter().any(|g| g == p) {
+            setup.guest_packages.push((*p).to_string());
+        }
+    }
+    crate::open_lab(setup)
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub fn test(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
+    let (programs, filters) = args.select.load()?;
+    let config = parse_vars(&args.vars)?;
+    let mut lab = open_test_lab(&args.vm)?;
+    let mut kernels = HashMap::new();
+    for name in &args.kernel {
+        let (prepared, accel) = crate::boot::prepare(ui, &mut lab, name, &[], args.vm.accel)?;
+        kernels.insert(name.clone(), (prepared, args.vm.boot_options(accel, None)));
+    }
+    let plan = Plan {
+        kernels: args.kernel.clone(),
+        programs,
+        filters,
+    };
+    let opts = Options {
+        jobs: args.jobs.unwrap_or_else(default_jobs).max(1),
+        config,
+        live_output: false,
+        vm_memory: u64::from(args.vm.memory) << 20,
+    };
+    let mut reporters = FanOut::default();
+    match args.format {
+        Format::Tap => {
+            reporters.push(Box::new(TapReporter::new(std::io::stdout())));
+        }
+        Format::Json => {
+            reporters.push(Box::new(JsonReporter::new(std::io::stdout())));
+        }
+        Format::None => {}
+    }
+    if !ui.quiet() || args.format == Format::None {
+        reporters.push(Box::new(HumanReporter::stderr()));
+    }
+    if let Some(path) = &args.junit {
+        reporters.push(Box::new(JunitReporter::new(path.clone())));
+    }
+    let launcher = VmLauncher::new(&lab, kernels, cancel.clone());
+    let mut report_error = None;
+    let counts = scheduler::run(&plan, &opts, &launcher, cancel, &mut |e| {
+        if let Err(err) = reporters.event(e) {
+            report_error.get_or_insert(err);
+        }
+    });
+    if let Some(err) = report_error {
+        return Err(anyhow::Error::new(err).context("reporting failed"));
+    }
+    Ok(if cancel.is_cancelled() {
+        crate::exit::INTERRUPTED
+    } else if counts.all_good() {
+        0
+    } else {
+        1
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Show each case's metadata.
+    #[arg(short = 'v', long = "verbose-metadata")]
+    metadata: bool,
+    /// The kernel whose VM lists atf programs.
+    #[arg(short, long, default_value = lab_kernel::catalog::DEFAULT_KERNEL)]
+    kernel: String,
+    #[command(flatten)]
+    select: Selection,
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+/// `lab list`: like `kyua list`; atf programs are listed inside a VM (they are the guest's
+/// programs), plain and tap ones need none.
+pub fn list(ui: &Ui, cancel: &Cancel, args: ListArgs) -> anyhow::Result<u8> {
+    let (programs, filters) = args.select.load()?;
+    let needs_vm = programs.iter().any(TestProgram::needs_listing);
+    let mut lab = open_test_lab(&args.vm)?;
+    let mut kernels = HashMap::new();
+    if needs_vm {
+        let (prepared, accel) =
+            crate::boot::prepare(ui, &mut lab, &args.kernel, &[], args.vm.accel)?;
+        kernels.insert(
+            args.kernel.clone(),
+            (prepared, args.vm.boot_options(accel, None)),
+        );
+    }
+    let launcher = VmLauncher::new(&lab, kernels, cancel.clone());
+    let plan = Plan {
+        kernels: vec![args.kernel.clone()],
+        programs,
+        filters,
+    };
+    let listed = scheduler::list(&plan, &launcher).context("failed to list the test programs")?;
+    let mut broken = false;
+    for (program, cases) in listed {
+        match cases {
+            Ok(cases) => {
+                for case in cases {
+                    println!("{}:{}", program.path, case.name);
+                    if args.metadata {
+                        println!("    test_suite = {}", program.test_suite);
+                        for (k, v) in case.metadata.properties() {
+                            println!("    {k} = {v}");
+                        }
+                    }
+                }
+            }
+            Err(result) => {
+                broken = true;
+                println!("{}:{} ({result})", program.path, lab_model::LIST_CASE);
+            }
+        }
+    }
+    Ok(u8::from(broken))
+}
+
+#[derive(Debug, Args)]
+pub struct DebugArgs {
+    /// The case to run: PROGRAM:CASE (PROGRAM alone for plain and tap programs).
+    case: String,
+    /// The kernel to run it on.
+    #[arg(short, long, default_value = lab_kernel::catalog::DEFAULT_KERNEL)]
+    kernel: String,
+    /// Kyuafiles or directories holding one (default: the bundled suites).
+    #[arg(long = "kyuafile", value_name = "PATH")]
+    kyuafiles: Vec<PathBuf>,
+    /// A configuration variable for the test: NAME=VALUE.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    /// When the case does not pass, keep its VM up and run shell commands read from stdin in
+    /// it (one per line) until end of input.
+    #[arg(long)]
+    inspect: bool,
+    #[command(flatten)]
+    vm: VmArgs,
+}
+
+/// `lab debug PROGRAM:CASE`: one case, its output live, its result; optionally the VM kept for
+/// inspection.
+pub fn debug(ui: &Ui, cancel: &Cancel, args: DebugArgs) -> anyhow::Result<u8> {
+    let select = Selection {
+        args: Vec::new(),
+        kyuafiles: args.kyuafiles.clone(),
+    };
+    let (programs, _) = select.load()?;
+    let (program, case) = match args.case.split_once(':') {
+        Some((p, c)) => (p.to_string(), c.to_string()),
+        None => (args.case.clone(), lab_model::MAIN_CASE.to_string()),
+    };
+    if !programs.iter().any(|p| p.path == program) {
+        return Err(BadInput(format!("no test program '{program}' in the suites")).into());
+    }
+    let config = parse_vars(&args.vars)?;
+    let mut lab = open_test_lab(&args.vm)?;
+    let (prepared, accel) = crate::boot::prepare(ui, &mut lab, &args.kernel, &[], args.vm.accel)?;
+    let mut kernels = HashMap::new();
+    kernels.insert(
+        args.kernel.clone(),
+        (prepared, args.vm.boot_options(accel, None)),
+    );
+    let launcher = VmLauncher::new(&lab, kernels, cancel.clone());
+    let plan = Plan {
+        kernels: vec![args.kernel.clone()],
+        programs,
+        filters: vec![format!("{program}:{case}")],
+    };
+    let opts = Options {
+        jobs: 1,
+        config,
+        live_output: true,
+        vm_memory: u64::from(args.vm.memory) << 20,
+    };
+    let mut found = false;
+    let mut good = true;
+    let mut human = HumanReporter::plain(std::io::stderr());
+    let kept = scheduler::debug(
+        &plan,
+        &opts,
+        &launcher,
+        cancel,
+        &mut |e| {
+            match e {
+                RunEvent::CaseOutput { stream, data, .. } => write_stream(*stream, data),
+                RunEvent::CaseFinished { id, result, .. } => {
+                    found = true;
+                    good = result.kind.is_good();
+                    println!("{}: {result}", id.kyua_name());
+                }
+                _ => {}
+            }
+            let _ = human.event(e);
+        },
+        args.inspect,
+    )
+    .context("debug run failed")?;
+    if let Some(mut guest) = kept {
+        eprintln!("lab: the VM is kept up: each line read from stdin runs in it (end with EOF)");
+        for line in std::io::stdin().lines() {
+            let line = line.context("failed to read stdin")?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let job = lab_proto::Job::new(["/bin/sh", "-c", line.as_str()]);
+            let out = guest.exec(&job, std::time::Duration::from_secs(600), &mut |s, d| {
+                write_stream(
+                    match s {
+                        lab_proto::Stream::Stdout => lab_model::OutputStream::Stdout,
+                        lab_proto::Stream::Stderr => lab_model::OutputStream::Stderr,
+                    },
+                    d,
+                )
+            });
+            match out {
+                Ok(o) if o.status != lab_proto::ExitStatus::Code(0) => {
+                    eprintln!("lab: {}", o.status)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("lab: the VM failed: {e}");
+                    break;
+                }
+            }
+        }
+        guest.shutdown();
+    }
+    if !found {
+        return Err(BadInput(format!("no test case '{program}:{case}' in the suites")).into());
+    }
+    Ok(if cancel.is_cancelled() {
+        crate::exit::INTERRUPTED
+    } else {
+        u8::from(!good)
+    })
+}
+
+fn write_stream(stream: lab_model::OutputStream, data: &[u8]) {
+    use std::io::Write;
+    let _ = match stream {
+        lab_model::OutputStream::Stdout => {
+            let mut out = std::io::stdout();
+            out.write_all(data).and_then(|()| out.flush())
+        }
+        lab_model::OutputStream::Stderr => std::io::stderr().write_all(data),
+    };
+}
