@@ -10,6 +10,7 @@
 mod agent;
 mod channel;
 mod exec;
+mod jail;
 mod modules;
 mod mounts;
 mod reaper;
@@ -106,6 +107,8 @@ fn run(channel: &mut Option<Sender>) -> Result<(), Failure> {
             "get".into(),
             "kill".into(),
             "heartbeat".into(),
+            "jail".into(),
+            "workdir".into(),
         ],
     })
     .map_err(|e| fail("channel", e))?;

@@ -12,7 +12,8 @@ use lab_engine::cancel::Cancel;
 use lab_engine::guest::ExtraFile;
 use lab_engine::lab::{Lab, Prepared};
 use lab_engine::session::{BootOptions, ExecReport, SessionEvent, Vm};
-use lab_proto::{Job, Stream};
+use lab_proto::message::MAX_HOSTNAME;
+use lab_proto::{Isolation, Job, Stream};
 
 use crate::ui::{BadInput, Ui};
 use crate::{AccelArg, VmArgs};
@@ -48,6 +49,17 @@ pub struct GuestArgs {
     /// Run the commands as this user instead of root: UID or UID:GID (GID defaults to UID).
     #[arg(long, value_name = "UID[:GID]", value_parser = parse_user)]
     user: Option<(u32, u32)>,
+    /// Run each command in a jail of its own named NAME (its hostname): fresh mount, pid, UTS
+    /// and IPC namespaces, so it is PID 1 and sees only its own processes.
+    #[arg(long, value_name = "NAME", hide_short_help = true, value_parser = parse_jail)]
+    jail: Option<String>,
+    /// With --jail: a network namespace of its own too, with only lo, up.
+    #[arg(long, requires = "jail", hide_short_help = true)]
+    vnet: bool,
+    /// Create --cwd fresh (mode 0700, owned by --user) before each command and remove it
+    /// afterwards.
+    #[arg(long, hide_short_help = true)]
+    workdir: bool,
     #[command(flatten)]
     vm: VmArgs,
 }
@@ -224,6 +236,11 @@ fn session(
         .iter()
         .map(|g| parse_get(g))
         .collect::<Result<Vec<_>, _>>()?;
+    if args.workdir && (!args.cwd.starts_with('/') || args.cwd.trim_end_matches('/').is_empty()) {
+        return Err(
+            BadInput("--workdir needs --cwd DIR, an absolute path other than /".into()).into(),
+        );
+    }
     check_readable("--initrd-extra", &extras)?;
     check_readable("--put", &puts)?;
     let mut puts_data = Vec::new();
@@ -289,8 +306,22 @@ fn job(args: &GuestArgs, argv: Vec<String>) -> Job {
         cwd: args.cwd.clone(),
         timeout_ms: 0,
         user: args.user,
-        isolation: Vec::new(),
+        isolation: args
+            .jail
+            .as_ref()
+            .map(|name| Isolation::jail(name.clone(), args.vnet)),
+        workdir: args.workdir,
     }
+}
+
+/// A jail's name: its hostname, so at most 64 bytes, no NUL.
+fn parse_jail(arg: &str) -> Result<String, String> {
+    if arg.is_empty() || arg.len() > MAX_HOSTNAME || arg.contains('\0') {
+        return Err(format!(
+            "a jail name is 1 to {MAX_HOSTNAME} bytes without NUL (it is the jail's hostname)"
+        ));
+    }
+    Ok(arg.to_string())
 }
 
 /// `UID` or `UID:GID`.
@@ -338,6 +369,14 @@ mod tests {
         assert_eq!(parse_user("1000:100"), Ok((1000, 100)));
         assert!(parse_user("nobody").is_err());
         assert!(parse_user("1:x").is_err());
+    }
+
+    #[test]
+    fn jail_names_are_hostnames() {
+        assert_eq!(parse_jail("j1"), Ok("j1".to_string()));
+        assert!(parse_jail("").is_err());
+        assert!(parse_jail(&"x".repeat(65)).is_err());
+        assert!(parse_jail(&"x".repeat(64)).is_ok());
     }
 
     #[test]

@@ -79,19 +79,18 @@ fn a_hundred_exec_round_trips_leave_fds_and_threads_where_they_were() {
     }
     assert_eq!(count("/proc/self/fd"), fds, "host fds leaked");
     assert_eq!(count("/proc/self/task"), threads, "host threads leaked");
-    // Isolation options are reserved for the suites' execenvs: refused, not ignored.
+    // Namespaces this agent does not know are refused, not ignored.
     let mut job = Job::new(["/bin/true"]);
-    job.isolation = vec!["vnet".into()];
-    let mut err = Vec::new();
-    let report = vm
-        .exec(&job, None, &mut |e| {
-            if let lab_engine::session::SessionEvent::Output(_, d) = e {
-                err.extend_from_slice(d);
-            }
-        })
-        .unwrap();
-    assert_eq!(report.status, ExitStatus::Code(126));
-    assert!(String::from_utf8_lossy(&err).contains("isolation option 'vnet' is not supported"));
+    job.isolation = Some(lab_proto::Isolation {
+        namespaces: 1 << 31,
+        hostname: String::new(),
+    });
+    let err = vm.exec(&job, None, &mut |_| {}).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("namespaces this agent does not know (bits 0x80000000)"),
+        "{err}"
+    );
     vm.shutdown();
 }
 

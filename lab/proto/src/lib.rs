@@ -13,10 +13,10 @@ pub mod wire;
 
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
 pub use marker::Marker;
-pub use message::{ExitStatus, GuestMessage, HostMessage, Job, Stream, Usage};
+pub use message::{ExitStatus, GuestMessage, HostMessage, Isolation, Job, Stream, Usage};
 
 /// The protocol version spoken by this build over the agent channel.
-pub const PROTO_VERSION: u16 = 2;
+pub const PROTO_VERSION: u16 = 3;
 
 /// The version of the console markers' format (independent of the channel protocol).
 pub const MARKER_VERSION: u16 = 1;

@@ -20,9 +20,54 @@ pub struct Job {
     /// Run as this user and group (uid, gid) instead of root; supplementary groups are
     /// dropped.
     pub user: Option<(u32, u32)>,
-    /// Isolation options for the process (namespaces, a jail's parameters): reserved for the
-    /// suites' execenvs; an agent that does not know an option refuses the exec.
-    pub isolation: Vec<String>,
+    /// Run in a jail: a fresh set of namespaces for this exec alone (Kyua's jail execenv).
+    pub isolation: Option<Isolation>,
+    /// `cwd` is the exec's own work directory: the agent creates it fresh (mode 0700, owned by
+    /// `user`) before the exec and removes it, recursively, once the process has exited.
+    pub workdir: bool,
+}
+
+/// A new mount namespace: `/` private, a fresh `/proc`.
+pub const NS_MOUNT: u32 = 1 << 0;
+/// A new pid namespace: the job is its PID 1; killing it ends the namespace.
+pub const NS_PID: u32 = 1 << 1;
+/// A new UTS namespace: the jail's own hostname.
+pub const NS_UTS: u32 = 1 << 2;
+/// A new IPC namespace.
+pub const NS_IPC: u32 = 1 << 3;
+/// A new network namespace with only `lo`, up (a jail's `vnet`).
+pub const NS_NET: u32 = 1 << 4;
+/// Every namespace bit this version defines.
+pub const NS_ALL: u32 = NS_MOUNT | NS_PID | NS_UTS | NS_IPC | NS_NET;
+/// The longest jail hostname, in bytes (the kernel's `HOST_NAME_MAX`).
+pub const MAX_HOSTNAME: usize = 64;
+
+/// How an exec is isolated from the rest of the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Isolation {
+    /// The namespaces to create, as `NS_*` bits. Bits this version does not define are carried
+    /// as they are; the agent refuses the exec rather than ignore them.
+    pub namespaces: u32,
+    /// The hostname set in the new UTS namespace (the jail's name; at most
+    /// [`MAX_HOSTNAME`] bytes; empty: keep the guest's). Needs [`NS_UTS`].
+    pub hostname: String,
+}
+
+impl Isolation {
+    /// Kyua's jail: mount, pid, UTS and IPC namespaces named `name`, plus a network namespace
+    /// of its own when `vnet`.
+    pub fn jail(name: impl Into<String>, vnet: bool) -> Self {
+        let net = if vnet { NS_NET } else { 0 };
+        Self {
+            namespaces: NS_MOUNT | NS_PID | NS_UTS | NS_IPC | net,
+            hostname: name.into(),
+        }
+    }
+
+    /// The bits set that this version does not define.
+    pub fn unknown_namespaces(&self) -> u32 {
+        self.namespaces & !NS_ALL
+    }
 }
 
 impl Job {
@@ -279,7 +324,41 @@ fn encode_job(e: &mut Encoder, job: &Job) {
         Some((uid, gid)) => e.u8(1).u32(uid).u32(gid),
         None => e.u8(0),
     };
-    e.strs(&job.isolation);
+    match &job.isolation {
+        Some(iso) => e.u8(1).u32(iso.namespaces).str(&iso.hostname),
+        None => e.u8(0),
+    };
+    e.u8(u8::from(job.workdir));
+}
+
+fn decode_isolation(d: &mut Decoder<'_>) -> Result<Option<Isolation>, WireError> {
+    match d.u8()? {
+        0 => Ok(None),
+        1 => {
+            let namespaces = d.u32()?;
+            let raw = d.bytes(MAX_HOSTNAME)?;
+            let hostname = String::from_utf8(raw.to_vec()).map_err(|_| WireError::BadUtf8)?;
+            Ok(Some(Isolation {
+                namespaces,
+                hostname,
+            }))
+        }
+        tag => Err(WireError::UnknownTag {
+            what: "isolation",
+            tag: tag.into(),
+        }),
+    }
+}
+
+fn decode_flag(d: &mut Decoder<'_>, what: &'static str) -> Result<bool, WireError> {
+    match d.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        tag => Err(WireError::UnknownTag {
+            what,
+            tag: tag.into(),
+        }),
+    }
 }
 
 fn decode_job(d: &mut Decoder<'_>) -> Result<Job, MessageError> {
@@ -299,7 +378,8 @@ fn decode_job(d: &mut Decoder<'_>) -> Result<Job, MessageError> {
                 .into())
             }
         },
-        isolation: d.strs()?,
+        isolation: decode_isolation(d)?,
+        workdir: decode_flag(d, "workdir")?,
     };
     if job.argv.is_empty() {
         return Err(MessageError::EmptyArgv);
@@ -594,7 +674,7 @@ mod tests {
     fn guest_all() -> Vec<GuestMessage> {
         vec![
             GuestMessage::Hello {
-                proto: 2,
+                proto: 3,
                 agent_version: "0.1.0".into(),
                 kernel_release: "6.1.0-56-cloud-amd64".into(),
                 features: vec!["exec".into()],
@@ -649,6 +729,15 @@ mod tests {
             HostMessage::Exec {
                 id: 1,
                 job: Job::new(["uname", "-r"]),
+            },
+            HostMessage::Exec {
+                id: 4,
+                job: Job {
+                    cwd: "/tmp/work".into(),
+                    isolation: Some(Isolation::jail("j", false)),
+                    workdir: true,
+                    ..Job::new(["hostname"])
+                },
             },
             HostMessage::Kill { id: 1, signal: 9 },
             HostMessage::PutStart {
@@ -745,9 +834,23 @@ mod tests {
             cwd: "/tmp".into(),
             timeout_ms: 5000,
             user: Some((65534, 65534)),
-            isolation: vec!["net".into()],
+            isolation: Some(Isolation::jail("jail-1", true)),
+            workdir: true,
         };
         assert_eq!(Job::decode(&job.encode()).unwrap(), job);
+        let unknown = Job {
+            isolation: Some(Isolation {
+                namespaces: 1 << 31 | NS_PID,
+                hostname: String::new(),
+            }),
+            ..Job::new(["true"])
+        };
+        let back = Job::decode(&unknown.encode()).unwrap();
+        assert_eq!(
+            back, unknown,
+            "unknown bits are carried for the agent to refuse"
+        );
+        assert_eq!(back.isolation.unwrap().unknown_namespaces(), 1 << 31);
         let mut bytes = job.encode();
         bytes[0] = 9;
         assert_eq!(Job::decode(&bytes), Err(MessageError::Version(9)));
@@ -755,6 +858,92 @@ mod tests {
             Job::decode(&Job::default().encode()),
             Err(MessageError::EmptyArgv)
         );
+    }
+
+    #[test]
+    fn isolation_fields_are_bounded_and_tagged() {
+        let exec = |isolation: &dyn Fn(&mut Encoder), workdir: u8| {
+            let mut e = Encoder::new();
+            e.u8(EXEC)
+                .u32(1)
+                .strs(&["true"])
+                .strs::<&str>(&[])
+                .str("/w")
+                .u64(0)
+                .u8(0);
+            isolation(&mut e);
+            e.u8(workdir);
+            HostMessage::decode(&e.finish())
+        };
+        let longest = "h".repeat(MAX_HOSTNAME);
+        let ok = exec(
+            &|e| {
+                e.u8(1).u32(NS_UTS).str(&longest);
+            },
+            1,
+        )
+        .unwrap();
+        let HostMessage::Exec { job, .. } = ok else {
+            panic!("not an exec: {ok:?}");
+        };
+        assert_eq!(job.isolation.unwrap().hostname, longest);
+        assert!(job.workdir);
+        let too_long = "h".repeat(MAX_HOSTNAME + 1);
+        assert_eq!(
+            exec(
+                &|e| {
+                    e.u8(1).u32(NS_UTS).str(&too_long);
+                },
+                0
+            ),
+            Err(MessageError::Wire(WireError::TooLong {
+                len: MAX_HOSTNAME + 1,
+                max: MAX_HOSTNAME
+            }))
+        );
+        assert_eq!(
+            exec(
+                &|e| {
+                    e.u8(1).u32(NS_UTS).bytes(&[0xff]);
+                },
+                0
+            ),
+            Err(MessageError::Wire(WireError::BadUtf8))
+        );
+        assert!(matches!(
+            exec(
+                &|e| {
+                    e.u8(2);
+                },
+                0
+            ),
+            Err(MessageError::Wire(WireError::UnknownTag {
+                what: "isolation",
+                tag: 2
+            }))
+        ));
+        assert!(matches!(
+            exec(
+                &|e| {
+                    e.u8(0);
+                },
+                2
+            ),
+            Err(MessageError::Wire(WireError::UnknownTag {
+                what: "workdir",
+                tag: 2
+            }))
+        ));
+    }
+
+    #[test]
+    fn jails_name_their_namespaces() {
+        assert_eq!(
+            Isolation::jail("a", false).namespaces,
+            NS_MOUNT | NS_PID | NS_UTS | NS_IPC
+        );
+        assert_eq!(Isolation::jail("a", true).namespaces, NS_ALL);
+        assert_eq!(Isolation::jail("a", true).unknown_namespaces(), 0);
     }
 
     #[test]
