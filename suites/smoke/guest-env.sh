@@ -49,7 +49,7 @@ for fs in cgroup2:/sys/fs/cgroup bpf:/sys/fs/bpf debugfs:/sys/kernel/debug; do
 done
 check "/tmp is writable" sh -c 'echo lab > /tmp/smoke && [ "$(cat /tmp/smoke)" = lab ]'
 check "/dev/null and /dev/console exist" sh -c '[ -c /dev/null ] && [ -c /dev/console ]'
-check "environment is set by guest-init" sh -c '[ "$HOME" = /root ] && [ "$TZ" = UTC ] && case "$PATH" in */bin*) true;; *) false;; esac'
+check "environment is set (HOME a writable work directory, TZ=UTC, PATH)" sh -c '[ -d "$HOME" ] && [ -w "$HOME" ] && [ "$TZ" = UTC ] && case "$PATH" in */bin*) true;; *) false;; esac'
 if [ -f "/lib/modules/$(uname -r)/modules.dep" ]; then
     for m in $(sed 's/:.*//; s/\.ko$//' "/lib/modules/$(uname -r)/modules.dep"); do
         check "module $m loaded" sh -c "grep -q '^$m ' /proc/modules"

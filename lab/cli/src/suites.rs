@@ -177,8 +177,8 @@ pub fn test(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Show each case's metadata.
-    #[arg(short = 'v', long = "verbose-metadata")]
+    /// Show each case's metadata (kyua list -v).
+    #[arg(short, long)]
     metadata: bool,
     /// The kernel whose VM lists atf programs.
     #[arg(short, long, default_value = lab_kernel::catalog::DEFAULT_KERNEL)]

@@ -9,180 +9,13 @@
     reason = "test helpers: a failed unwrap is a failed test"
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const LAB: &str = env!("CARGO_BIN_EXE_lab");
+mod common;
 
-/// Whether prerequisites must be there (CI).
-fn required() -> bool {
-    std::env::var("LAB_E2E").is_ok_and(|v| v == "1")
-}
-
-/// Returns false (and says why) when VM tests cannot run here.
-fn can_boot() -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()))
-        .unwrap_or(false);
-    if !found {
-        assert!(
-            !required(),
-            "LAB_E2E=1 but qemu-system-x86_64 is not installed"
-        );
-        eprintln!("SKIPPED: qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
-    }
-    found
-}
-
-/// Whether the catalog kernel `name` is installed; built kernels take minutes, so tests never
-/// build them implicitly.
-fn installed(name: &str) -> bool {
-    let out = Command::new(LAB)
-        .args(["kernel", "list", "--json"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let ok = text
-        .lines()
-        .any(|l| l.contains(&format!("\"name\":\"{name}\"")));
-    if !ok {
-        assert!(
-            !required(),
-            "LAB_E2E=1 but kernel {name} is not installed (lab kernel build {name})"
-        );
-        eprintln!(
-            "SKIPPED: kernel {name} not installed; run `lab kernel build {name}` or scripts/test"
-        );
-    }
-    ok
-}
-
-/// The release recorded for an installed kernel.
-fn release_of(name: &str) -> String {
-    let out = Command::new(LAB)
-        .args(["kernel", "list", "--json"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let line = text
-        .lines()
-        .find(|l| l.contains(&format!("\"name\":\"{name}\"")))
-        .unwrap_or_else(|| panic!("{name} not in {text}"));
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    v["release"].as_str().unwrap().to_string()
-}
-
-/// A private TMPDIR per test: afterwards it must hold no VM work directory and no process may
-/// still mention it.
-struct Scratch {
-    dir: tempfile::TempDir,
-}
-
-impl Scratch {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::Builder::new()
-                .prefix("lab-e2e-")
-                .tempdir()
-                .unwrap(),
-        }
-    }
-
-    fn lab(&self) -> Command {
-        let mut c = Command::new(LAB);
-        c.env("TMPDIR", self.dir.path())
-            .env_remove("XDG_RUNTIME_DIR")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let started = Instant::now();
-        let out = self.lab().args(args).output().unwrap();
-        eprintln!(
-            "lab {} -> {:?} in {:.1}s\n--- stdout\n{}--- stderr\n{}",
-            args.join(" "),
-            out.status.code(),
-            started.elapsed().as_secs_f64(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.assert_clean();
-        out
-    }
-
-    /// Starts `lab boot -- sleep 1000` and returns once its VM process exists.
-    fn sleeping_vm(&self) -> std::process::Child {
-        let child = self
-            .lab()
-            .args(["boot", "--", "sleep", "1000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let needle = self.dir.path().to_string_lossy().into_owned();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while processes_mentioning(&needle)
-            .iter()
-            .all(|p| !p.contains("qemu"))
-        {
-            assert!(Instant::now() < deadline, "vm never started");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        child
-    }
-
-    /// No leftovers: the scratch dir is empty and no process refers to it.
-    fn assert_clean(&self) {
-        let left: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        assert!(left.is_empty(), "temp files left behind: {left:?}");
-        let needle = self.dir.path().to_string_lossy().into_owned();
-        // The VM process may take a moment to be reaped by the kernel after lab exits.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let stray = processes_mentioning(&needle);
-            if stray.is_empty() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "stray processes: {stray:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if !e
-            .file_name()
-            .to_string_lossy()
-            .chars()
-            .all(|c| c.is_ascii_digit())
-        {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(needle) {
-                out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
-            }
-        }
-    }
-    out
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::*;
 
 fn uname_on(kernel: &str) {
     let s = Scratch::new();
@@ -431,7 +264,10 @@ fn the_smoke_suite_passes_on_the_default_kernel() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let text = stdout(&out);
     assert!(text.starts_with("TAP version 14\n"), "{text}");
-    assert!(text.contains("    ok 1 - PID 1 is guest-init"), "{text}");
+    assert!(
+        text.contains("        ok 1 - PID 1 is guest-init"),
+        "{text}"
+    );
     assert!(!text.contains("not ok"), "{text}");
 }
 
