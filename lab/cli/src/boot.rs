@@ -173,14 +173,6 @@ impl<'a> Printer<'a> {
             }
         }
     }
-
-    /// Ends an unterminated indented line.
-    pub fn finish(&mut self) {
-        if self.indent && !self.at_line_start {
-            println!();
-            self.at_line_start = true;
-        }
-    }
 }
 
 /// A `--get` argument: the guest path and where it goes on the host.

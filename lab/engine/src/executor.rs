@@ -378,11 +378,11 @@ pub(crate) fn run_case(
                 );
                 Ok((result, Vec::new(), body_out.wall))
             })();
+            // Result files are tiny and uniquely named: they stay until the VM goes, saving
+            // a round trip per case. A cleanup case's work directory is the lab's to remove
+            // (best effort: a VM that died has nothing left to clean).
             if cleanup {
-                // Best effort: a VM that died has nothing left to clean.
-                let _ = setup(guest, &format!("rm -rf {workdir} {resfile}"));
-            } else {
-                let _ = setup(guest, &format!("rm -f {resfile}"));
+                let _ = setup(guest, &format!("rm -rf {workdir}"));
             }
             result
         }
