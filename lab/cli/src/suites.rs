@@ -177,7 +177,7 @@ pub fn test(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Show each case's metadata (kyua list -v).
+    /// Show each case's metadata (also with -v, as kyua list -v).
     #[arg(short, long)]
     metadata: bool,
     /// The kernel whose VM lists atf programs.
@@ -217,7 +217,7 @@ pub fn list(ui: &Ui, cancel: &Cancel, args: ListArgs) -> anyhow::Result<u8> {
             Ok(cases) => {
                 for case in cases {
                     println!("{}:{}", program.path, case.name);
-                    if args.metadata {
+                    if args.metadata || ui.verbose() {
                         println!("    test_suite = {}", program.test_suite);
                         for (k, v) in case.metadata.properties() {
                             println!("    {k} = {v}");

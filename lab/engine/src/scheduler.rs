@@ -127,16 +127,20 @@ pub fn run(
         }
         on_event(&e);
     };
+    let ctx = Context::new(plan, opts);
     forward(
         RunEvent::RunStarted {
             kernels: plan.kernels.clone(),
-            programs: plan.programs.len(),
+            programs: plan
+                .programs
+                .iter()
+                .filter(|p| ctx.selected_program(p))
+                .count(),
             jobs,
         },
         &mut counts,
     );
 
-    let ctx = Context::new(plan, opts);
     let shared = Shared::new(plan, &ctx, &tx);
     std::thread::scope(|s| {
         for slot in 0..jobs {
