@@ -114,6 +114,23 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
         {
             return exit::USAGE;
         }
+        // A package name Debian does not know is the user's input.
+        if let Some(LabError::Packages(
+            lab_kernel::guest_packages::GuestPackagesError::Unknown { .. },
+        )) = e.downcast_ref::<LabError>()
+        {
+            return exit::USAGE;
+        }
+        if e.downcast_ref::<lab_kernel::guest_packages::GuestPackagesError>()
+            .is_some_and(|g| {
+                matches!(
+                    g,
+                    lab_kernel::guest_packages::GuestPackagesError::Unknown { .. }
+                )
+            })
+        {
+            return exit::USAGE;
+        }
         if e.downcast_ref::<lab_engine::guest::GuestError>()
             .is_some_and(|g| matches!(g, lab_engine::guest::GuestError::BadExtra(_)))
         {

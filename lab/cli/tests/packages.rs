@@ -197,7 +197,7 @@ fn an_unknown_guest_package_is_named() {
         ],
         &[],
     );
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(2), "an unknown package is bad input");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no-such-package-for-lab"), "{stderr}");
 }
