@@ -9,35 +9,13 @@ use std::time::Duration;
 
 use lab_engine::cancel::Cancel;
 use lab_engine::lab::Lab;
-use lab_engine::qemu::{QemuBackend, VsockBackend};
 use lab_engine::session::BootOptions;
 use lab_engine::vm::Accel;
-use lab_kernel::cache::Cache;
 use lab_proto::{ExitStatus, Job};
 
-static GUEST_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-init"));
+mod common;
 
-/// A lab whose VMs talk over the lab's own vsock device (the default transport), served by the
-/// lab binary itself per VM; None (having said why) where QEMU is missing.
-fn vsock_lab() -> Option<Lab> {
-    let Ok(backend) = QemuBackend::find() else {
-        assert!(
-            std::env::var("LAB_E2E").as_deref() != Ok("1"),
-            "LAB_E2E=1 but QEMU is missing"
-        );
-        eprintln!("SKIPPED: qemu-system-x86_64 not installed");
-        return None;
-    };
-    let backend = backend.with_vsock(VsockBackend {
-        program: env!("CARGO_BIN_EXE_lab").into(),
-        args: vec!["__vsock-backend".into()],
-    });
-    Some(Lab::new(
-        Cache::from_env().unwrap(),
-        Box::new(backend),
-        GUEST_INIT,
-    ))
-}
+use common::vsock_lab;
 
 fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).unwrap().count()

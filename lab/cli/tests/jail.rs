@@ -13,54 +13,13 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use lab_engine::cancel::Cancel;
-use lab_engine::lab::Lab;
-use lab_engine::qemu::{QemuBackend, VsockBackend};
 use lab_engine::session::{BootOptions, SessionError, SessionEvent, Vm};
 use lab_engine::vm::Accel;
-use lab_kernel::cache::Cache;
 use lab_proto::{ExitStatus, Isolation, Job};
 
-const LAB: &str = env!("CARGO_BIN_EXE_lab");
-static GUEST_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-init"));
+mod common;
 
-/// Whether prerequisites must be there (CI).
-fn required() -> bool {
-    std::env::var("LAB_E2E").is_ok_and(|v| v == "1")
-}
-
-/// A lab over the default vsock transport; None (having said why) where QEMU is missing.
-fn lab() -> Option<Lab> {
-    let Ok(backend) = QemuBackend::find() else {
-        assert!(!required(), "LAB_E2E=1 but QEMU is missing");
-        eprintln!("SKIPPED: qemu-system-x86_64 not installed");
-        return None;
-    };
-    let backend = backend.with_vsock(VsockBackend {
-        program: LAB.into(),
-        args: vec!["__vsock-backend".into()],
-    });
-    Some(Lab::new(
-        Cache::from_env().unwrap(),
-        Box::new(backend),
-        GUEST_INIT,
-    ))
-}
-
-/// Whether the catalog kernel `name` is installed (built kernels are never built here).
-fn installed(name: &str) -> bool {
-    let out = Command::new(LAB)
-        .args(["kernel", "list", "--json"])
-        .output()
-        .unwrap();
-    let ok = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.contains(&format!("\"name\":\"{name}\"")));
-    if !ok {
-        assert!(!required(), "LAB_E2E=1 but kernel {name} is not installed");
-        eprintln!("SKIPPED: kernel {name} not installed; run `lab kernel build {name}`");
-    }
-    ok
-}
+use common::{installed, vsock_lab as lab, LAB};
 
 /// Runs the lab binary with a private TMPDIR and prints what it said.
 fn lab_cli(args: &[&str]) -> Output {

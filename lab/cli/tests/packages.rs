@@ -14,12 +14,9 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-const LAB: &str = env!("CARGO_BIN_EXE_lab");
+mod common;
 
-/// Whether prerequisites must be there (CI).
-fn required() -> bool {
-    std::env::var("LAB_E2E").is_ok_and(|v| v == "1")
-}
+use common::{required, LAB};
 
 /// Returns false (and says why) when these tests cannot run here.
 fn can_run() -> bool {
@@ -197,7 +194,11 @@ fn an_unknown_guest_package_is_named() {
         ],
         &[],
     );
-    assert_eq!(out.status.code(), Some(2), "an unknown package is bad input");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown package is bad input"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no-such-package-for-lab"), "{stderr}");
 }

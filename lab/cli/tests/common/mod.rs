@@ -7,6 +7,10 @@
 )]
 
 use std::path::PathBuf;
+
+use lab_engine::lab::Lab;
+use lab_engine::qemu::{QemuBackend, VsockBackend};
+use lab_kernel::cache::Cache;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -179,4 +183,26 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The guest agent the lab binary embeds.
+pub static GUEST_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-init"));
+
+/// A lab (through the library) whose VMs talk over the lab's own vsock device, served by the
+/// lab binary itself per VM; None (having said why) where QEMU is missing.
+pub fn vsock_lab() -> Option<Lab> {
+    let Ok(backend) = QemuBackend::find() else {
+        assert!(!required(), "LAB_E2E=1 but QEMU is missing");
+        eprintln!("SKIPPED: qemu-system-x86_64 not installed");
+        return None;
+    };
+    let backend = backend.with_vsock(VsockBackend {
+        program: LAB.into(),
+        args: vec!["__vsock-backend".into()],
+    });
+    Some(Lab::new(
+        Cache::from_env().unwrap(),
+        Box::new(backend),
+        GUEST_INIT,
+    ))
 }
