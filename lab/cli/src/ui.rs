@@ -115,9 +115,9 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
             return exit::USAGE;
         }
         // A package name Debian does not know is the user's input.
-        if let Some(LabError::Packages(
-            lab_kernel::guest_packages::GuestPackagesError::Unknown { .. },
-        )) = e.downcast_ref::<LabError>()
+        if let Some(LabError::Packages(lab_kernel::guest_packages::GuestPackagesError::Unknown {
+            ..
+        })) = e.downcast_ref::<LabError>()
         {
             return exit::USAGE;
         }
