@@ -155,7 +155,7 @@ fn verdicts_equal_debian_kyua_on_the_host_case_by_case() {
     let root = suites().join("..");
     let reference = root.join("scripts/kyua-reference");
     let has_kyua = Command::new("kyua")
-        .arg("--version")
+        .arg("about")
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_kyua {
