@@ -6,6 +6,7 @@
 //! [`lab_model::TestResult`]. Nothing here does I/O.
 
 pub mod atf;
+pub mod bpf;
 pub mod plain;
 pub mod tap;
 

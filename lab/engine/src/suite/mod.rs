@@ -1,5 +1,6 @@
 //! Loading suites: Kyuafile trees (Lua) into test programs.
 
+pub mod bpf_build;
 pub mod kyuafile;
 
 pub use kyuafile::{load, KyuafileError, Suite};
