@@ -40,32 +40,53 @@ pub struct Selection {
 }
 
 impl Selection {
-    /// The suites to load and the filters.
-    fn split(&self) -> (Vec<PathBuf>, Vec<String>) {
+    /// The suites to load, bare BPF objects or sources to run as programs of their own, and
+    /// the filters.
+    fn split(&self) -> (Vec<PathBuf>, Vec<PathBuf>, Vec<String>) {
         let mut suites = self.kyuafiles.clone();
+        let mut bare = Vec::new();
         let mut filters = Vec::new();
         for a in &self.args {
             let path = Path::new(a);
+            let ext = path.extension().and_then(|e| e.to_str());
             if path.is_dir() || path.file_name().is_some_and(|f| f == "Kyuafile") && path.is_file()
             {
                 suites.push(path.to_path_buf());
+            } else if path.is_file() && matches!(ext, Some("o" | "c")) {
+                bare.push(path.to_path_buf());
             } else {
                 filters.push(a.clone());
             }
         }
-        if suites.is_empty() {
+        if suites.is_empty() && bare.is_empty() {
             suites.push(crate::suites_dir());
         }
-        (suites, filters)
+        (suites, bare, filters)
     }
 
-    /// Loads every suite; a broken Kyuafile is bad input (exit 2) and nothing boots.
+    /// Loads every suite; a broken Kyuafile is bad input (exit 2) and nothing boots. A bare
+    /// `.o` (or `.c`) becomes a bpf test program of its own.
     fn load(&self) -> anyhow::Result<(Vec<TestProgram>, Vec<String>)> {
-        let (suites, filters) = self.split();
+        let (suites, bare, filters) = self.split();
         let mut programs = Vec::new();
         for s in suites {
             let suite = kyuafile::load(&s).map_err(|e| BadInput(e.to_string()))?;
             programs.extend(suite.programs);
+        }
+        for object in bare {
+            let object = object
+                .canonicalize()
+                .with_context(|| format!("cannot resolve {}", object.display()))?;
+            let (Some(root), Some(name)) = (object.parent(), object.file_name()) else {
+                return Err(BadInput(format!("not a BPF object: {}", object.display())).into());
+            };
+            programs.push(TestProgram::new(
+                lab_model::Interface::Bpf,
+                root,
+                &name.to_string_lossy(),
+                "bpf",
+                lab_model::Metadata::default(),
+            ));
         }
         Ok((programs, filters))
     }
@@ -116,14 +137,53 @@ fn open_test_lab(vm: &VmArgs) -> anyhow::Result<lab_engine::lab::Lab> {
     crate::open_lab(setup)
 }
 
+/// Builds the programs lab compiles itself (BPF sources, `bpf_test_program{name='x.c'}`) into
+/// the cache; a program that does not build is reported broken by the run, with clang's
+/// words, and the rest runs.
+fn build_programs(
+    lab: &lab_engine::lab::Lab,
+    programs: &mut [TestProgram],
+) -> anyhow::Result<Vec<(usize, String)>> {
+    let needs = |p: &TestProgram| {
+        p.interface == lab_model::Interface::Bpf && p.path.ends_with(".c") && p.built.is_none()
+    };
+    if !programs.iter().any(needs) {
+        return Ok(Vec::new());
+    }
+    let cache = lab.cache().dir("bpf")?;
+    let mut unbuilt = Vec::new();
+    for (i, p) in programs.iter_mut().enumerate() {
+        if !needs(p) || !p.host_path().is_file() {
+            continue;
+        }
+        match lab_engine::suite::bpf_build::build(&p.host_path(), &p.root, &cache) {
+            Ok(object) => p.built = Some(object),
+            Err(e) => unbuilt.push((i, error_text(&e))),
+        }
+    }
+    Ok(unbuilt)
+}
+
+/// An error and its causes on one line.
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 pub fn test(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
-    let (programs, filters) = args.select.load()?;
+    let (mut programs, filters) = args.select.load()?;
     let config = parse_vars(&args.vars)?;
     let mut lab = open_test_lab(&args.vm)?;
+    let unbuilt = build_programs(&lab, &mut programs)?;
     let mut kernels = HashMap::new();
     for name in &args.kernel {
         let (prepared, accel) = crate::boot::prepare(ui, &mut lab, name, &[], args.vm.accel)?;
@@ -133,6 +193,7 @@ pub fn test(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
         kernels: args.kernel.clone(),
         programs,
         filters,
+        unbuilt,
     };
     let opts = Options {
         jobs: args.jobs.unwrap_or_else(default_jobs).max(1),
@@ -192,9 +253,25 @@ pub struct ListArgs {
 /// `lab list`: like `kyua list`; atf programs are listed inside a VM (they are the guest's
 /// programs), plain and tap ones need none.
 pub fn list(ui: &Ui, cancel: &Cancel, args: ListArgs) -> anyhow::Result<u8> {
-    let (programs, filters) = args.select.load()?;
-    let needs_vm = programs.iter().any(TestProgram::needs_listing);
+    let (mut programs, filters) = args.select.load()?;
     let mut lab = open_test_lab(&args.vm)?;
+    let unbuilt = build_programs(&lab, &mut programs)?;
+    let mut broken = false;
+    for (i, why) in &unbuilt {
+        broken = true;
+        println!(
+            "{}:{} (broken: {why})",
+            programs[*i].path,
+            lab_model::LIST_CASE
+        );
+    }
+    let programs: Vec<TestProgram> = programs
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !unbuilt.iter().any(|(u, _)| u == i))
+        .map(|(_, p)| p)
+        .collect();
+    let needs_vm = programs.iter().any(TestProgram::needs_listing);
     let mut kernels = HashMap::new();
     if needs_vm {
         let (prepared, accel) =
@@ -209,9 +286,9 @@ pub fn list(ui: &Ui, cancel: &Cancel, args: ListArgs) -> anyhow::Result<u8> {
         kernels: vec![args.kernel.clone()],
         programs,
         filters,
+        unbuilt: Vec::new(),
     };
     let listed = scheduler::list(&plan, &launcher).context("failed to list the test programs")?;
-    let mut broken = false;
     for (program, cases) in listed {
         match cases {
             Ok(cases) => {
@@ -262,7 +339,7 @@ pub fn debug(ui: &Ui, cancel: &Cancel, args: DebugArgs) -> anyhow::Result<u8> {
         args: Vec::new(),
         kyuafiles: args.kyuafiles.clone(),
     };
-    let (programs, _) = select.load()?;
+    let (mut programs, _) = select.load()?;
     let (program, case) = match args.case.split_once(':') {
         Some((p, c)) => (p.to_string(), c.to_string()),
         None => (args.case.clone(), lab_model::MAIN_CASE.to_string()),
@@ -272,6 +349,10 @@ pub fn debug(ui: &Ui, cancel: &Cancel, args: DebugArgs) -> anyhow::Result<u8> {
     }
     let config = parse_vars(&args.vars)?;
     let mut lab = open_test_lab(&args.vm)?;
+    let unbuilt = build_programs(&lab, &mut programs)?;
+    if let Some((_, why)) = unbuilt.iter().find(|(i, _)| programs[*i].path == program) {
+        return Err(BadInput(format!("{program} does not build: {why}")).into());
+    }
     let (prepared, accel) = crate::boot::prepare(ui, &mut lab, &args.kernel, &[], args.vm.accel)?;
     let mut kernels = HashMap::new();
     kernels.insert(
@@ -283,6 +364,7 @@ pub fn debug(ui: &Ui, cancel: &Cancel, args: DebugArgs) -> anyhow::Result<u8> {
         kernels: vec![args.kernel.clone()],
         programs,
         filters: vec![format!("{program}:{case}")],
+        unbuilt: Vec::new(),
     };
     let opts = Options {
         jobs: 1,

@@ -13,7 +13,7 @@ use lab_model::{
 };
 use lab_proto::{ExitStatus, Job, Stream};
 
-use crate::interface::{atf, plain, tap, RunOutcome};
+use crate::interface::{atf, bpf, plain, tap, RunOutcome};
 use crate::scheduler::{suite_roots, ExecOutcome, Guest, Options, Plan, VmError};
 
 /// How long listing a program may take.
@@ -57,6 +57,12 @@ impl<'a> Context<'a> {
         for (root, n) in sorted {
             collect_files(root, &format!("/lab/suites/{n}"), &mut files);
         }
+        for p in &plan.programs {
+            if let Some(built) = &p.built {
+                let n = roots.get(&p.root).copied().unwrap_or(0);
+                files.push((built_guest_path(n, p), 0o644, built.clone()));
+            }
+        }
         Self {
             opts,
             filters: &plan.filters,
@@ -88,10 +94,14 @@ impl<'a> Context<'a> {
             })
     }
 
-    /// The program's path in the guest.
+    /// What runs in the guest: the program, or what lab built from it.
     fn guest_path(&self, program: &TestProgram) -> String {
         let n = self.roots.get(&program.root).copied().unwrap_or(0);
-        format!("/lab/suites/{n}/{}", program.path)
+        if program.built.is_some() {
+            built_guest_path(n, program)
+        } else {
+            format!("/lab/suites/{n}/{}", program.path)
+        }
     }
 
     fn srcdir(&self, program: &TestProgram) -> String {
@@ -149,6 +159,11 @@ impl<'a> Context<'a> {
         }
         None
     }
+}
+
+/// Where a built artifact goes in the guest: beside its source, `.o` appended.
+fn built_guest_path(root: usize, program: &TestProgram) -> String {
+    format!("/lab/suites/{root}/{}.o", program.path)
 }
 
 fn requirement(reason: String) -> TestResult {
@@ -224,17 +239,12 @@ pub(crate) fn list(
     ctx: &Context<'_>,
     program: &TestProgram,
 ) -> Result<Vec<TestCase>, ListError> {
-    match program.interface {
-        Interface::Atf => {}
-        Interface::Bpf => {
-            return Err(ListError::Broken(
-                TestResult::broken("the bpf interface is not supported yet")
-                    .with_cause(Cause::Exec),
-            ))
-        }
+    let argv = match program.interface {
+        Interface::Atf => atf::list_argv(&ctx.guest_path(program)),
+        Interface::Bpf => bpf::list_argv(&ctx.guest_path(program)),
         Interface::Plain | Interface::Tap => return Ok(program.cases.clone()),
-    }
-    let mut job = Job::new(atf::list_argv(&ctx.guest_path(program)));
+    };
+    let mut job = Job::new(argv);
     job.cwd = ctx.srcdir(program);
     job.env = base_env(Interface::Atf, "/tmp");
     let out = run_capture(guest, job, LIST_TIMEOUT).map_err(ListError::Guest)?;
@@ -252,7 +262,20 @@ pub(crate) fn list(
             stderr_hint(&out.stderr)
         )));
     }
-    atf::parse_list(&out.stdout, &program.metadata).map_err(|e| broken(e.reason()))
+    match program.interface {
+        Interface::Bpf => bpf::parse_list(&out.stdout)
+            .map(|names| {
+                names
+                    .into_iter()
+                    .map(|name| TestCase {
+                        name,
+                        metadata: program.metadata.clone(),
+                    })
+                    .collect()
+            })
+            .map_err(|e| broken(format!("Invalid BPF test list: {e}"))),
+        _ => atf::parse_list(&out.stdout, &program.metadata).map_err(|e| broken(e.reason())),
+    }
 }
 
 fn stderr_hint(stderr: &str) -> String {
@@ -400,11 +423,16 @@ pub(crate) fn run_case(
                 (result, subs, o.wall)
             })
         }
-        Interface::Bpf => Ok((
-            TestResult::broken("the bpf interface is not supported yet").with_cause(Cause::Exec),
-            Vec::new(),
-            Duration::ZERO,
-        )),
+        Interface::Bpf => {
+            let job = make_job(bpf::run_argv(&guest_program, &case.name));
+            guest.exec(&job, md.timeout, &mut tee).map(|o| {
+                let run = bpf::parse_run(&captured.parse_stdout());
+                let (result, log) = bpf::result(&run, &to_run(&o), &case.name);
+                // The decoded log is what a user reads: it stands in for the runner's JSON.
+                captured.replace_stdout(log);
+                (result, Vec::new(), o.wall)
+            })
+        }
     };
     let (stdout, stderr) = captured.texts();
     match outcome {
@@ -605,6 +633,11 @@ impl Captured {
                 }
             }
         }
+    }
+
+    fn replace_stdout(&mut self, text: String) {
+        self.stdout = text.into_bytes();
+        self.stdout_dropped = false;
     }
 
     fn parse_stdout(&self) -> String {

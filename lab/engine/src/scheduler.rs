@@ -34,6 +34,9 @@ pub struct Plan {
     pub programs: Vec<TestProgram>,
     /// If not empty, only these cases run (`program:case`, or `program` for all its cases).
     pub filters: Vec<String>,
+    /// Programs that could not be built (a BPF source clang rejected), by index into
+    /// `programs`, with why: each is a broken result without a VM, and the rest runs.
+    pub unbuilt: Vec<(usize, String)>,
 }
 
 /// How to run it.
@@ -266,13 +269,18 @@ impl<'a> Shared<'a> {
                 if !ctx.selected_program(p) {
                     continue;
                 }
-                if !p.host_path().is_file() {
+                let unbuilt = plan.unbuilt.iter().find(|(u, _)| *u == i);
+                if unbuilt.is_some() || !p.host_path().is_file() {
                     let case = if p.needs_listing() {
                         LIST_CASE
                     } else {
                         MAIN_CASE
                     };
-                    let _ = tx.send(not_run(kernel, p, case, missing(p)));
+                    let result = match unbuilt {
+                        Some((_, why)) => TestResult::broken(why.clone()).with_cause(Cause::Exec),
+                        None => missing(p),
+                    };
+                    let _ = tx.send(not_run(kernel, p, case, result));
                     let _ = tx.send(RunEvent::ProgramFinished {
                         kernel: kernel.clone(),
                         program: p.path.clone(),

@@ -63,6 +63,10 @@ pub struct TestProgram {
     /// Its test cases: known at load time for plain and tap programs (one, `main`), found by
     /// listing for atf and bpf ones.
     pub cases: Vec<TestCase>,
+    /// What runs in the guest when lab built it from the program's source (a BPF object
+    /// compiled from `x.c`); `None`: the program file itself runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built: Option<PathBuf>,
 }
 
 impl TestProgram {
@@ -88,12 +92,18 @@ impl TestProgram {
             test_suite: test_suite.to_string(),
             metadata,
             cases,
+            built: None,
         }
     }
 
     /// The program on the host.
     pub fn host_path(&self) -> PathBuf {
         self.root.join(&self.path)
+    }
+
+    /// What runs in the guest: the built artifact if lab built one, else the program.
+    pub fn runnable(&self) -> PathBuf {
+        self.built.clone().unwrap_or_else(|| self.host_path())
     }
 
     /// Whether the program must be listed (run with `-l` or opened) to find its cases.

@@ -238,6 +238,7 @@ fn runs_every_interface_on_two_kernels() {
         kernels: vec!["k1".into(), "k2".into()],
         programs,
         filters: vec![],
+        unbuilt: vec![],
     };
     let launcher = FakeLauncher::default();
     let (counts, events) = run_plan(&plan, 2, &launcher);
@@ -287,6 +288,7 @@ fn exclusive_cases_run_after_the_parallel_phase() {
         kernels: vec!["k1".into()],
         programs,
         filters: vec!["atf_a".into(), "atf_b:pass".into(), "atf_b:excl".into()],
+        unbuilt: vec![],
     };
     let launcher = FakeLauncher::default();
     let (_, events) = run_plan(&plan, 3, &launcher);
@@ -316,6 +318,7 @@ fn an_unbootable_kernel_breaks_its_cases_and_the_others_run() {
         kernels: vec!["good".into(), "bad".into()],
         programs,
         filters: vec![],
+        unbuilt: vec![],
     };
     let launcher = FakeLauncher {
         broken_kernel: Some("bad"),
@@ -355,6 +358,7 @@ fn missing_and_unlistable_programs_are_broken_and_the_rest_runs() {
         kernels: vec!["k".into()],
         programs,
         filters: vec![],
+        unbuilt: vec![],
     };
     let launcher = FakeLauncher::default();
     let (counts, events) = run_plan(&plan, 1, &launcher);
@@ -378,6 +382,7 @@ fn host_requirements_skip_without_a_vm() {
         kernels: vec!["k".into()],
         programs,
         filters: vec![],
+        unbuilt: vec![],
     };
     let launcher = FakeLauncher::default();
     let (counts, events) = run_plan(&plan, 1, &launcher);
@@ -398,6 +403,7 @@ fn a_cancelled_run_reports_interrupted_and_finishes_every_program() {
         kernels: vec!["k".into()],
         programs,
         filters: vec![],
+        unbuilt: vec![],
     };
     let cancel = Cancel::new();
     cancel.cancel();
@@ -421,4 +427,28 @@ fn a_cancelled_run_reports_interrupted_and_finishes_every_program() {
             ..
         })
     ));
+}
+
+#[test]
+fn a_program_that_did_not_build_is_broken_without_a_vm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let programs = suite(dir.path(), &[("x_test.c", Interface::Bpf)]);
+    let plan = Plan {
+        kernels: vec!["k".into()],
+        programs,
+        filters: vec![],
+        unbuilt: vec![(0, "x_test.c:3:1: error: unknown type name 'nope'".into())],
+    };
+    let launcher = FakeLauncher::default();
+    let (counts, events) = run_plan(&plan, 1, &launcher);
+    check_order(&events, 1, 1);
+    assert_eq!(counts.broken, 1);
+    assert_eq!(launcher.boots.load(Ordering::SeqCst), 0);
+    let r = results(&events);
+    let (kind, reason) = &r["k x_test.c:__test_cases_list__"];
+    assert_eq!(*kind, ResultType::Broken);
+    assert!(reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("unknown type name"));
 }
