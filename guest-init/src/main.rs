@@ -8,6 +8,7 @@
 //! test.
 
 mod agent;
+mod bpf;
 mod channel;
 mod exec;
 mod jail;
@@ -43,6 +44,11 @@ fn console(line: &str) {
 }
 
 fn main() {
+    // Multi-call: `/init bpf ...` run as an ordinary process is the eBPF test runner.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if std::process::id() != 1 && args.get(1).is_some_and(|a| a == "bpf") {
+        std::process::exit(bpf::main(&args[2..]));
+    }
     if std::process::id() != 1 {
         eprintln!(
             "guest-init: this is the lab's PID 1 for guests; it refuses to run as PID {}",
