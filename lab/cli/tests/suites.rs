@@ -9,84 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::*;
-
-fn suites() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../suites")
-        .canonicalize()
-        .unwrap()
-}
-
-/// `PROGRAM:CASE → (RESULT, lab-only)` from an `expected` file.
-fn expected(tree: &Path) -> BTreeMap<String, (String, bool)> {
-    std::fs::read_to_string(tree.join("expected"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            (
-                w[0].to_string(),
-                (w[1].to_string(), w.get(2) == Some(&"lab-only")),
-            )
-        })
-        .collect()
-}
-
-/// `(kernel, PROGRAM:CASE) → (result, reason)` from `lab test --format json`.
-fn verdicts(json: &str) -> BTreeMap<(String, String), (String, String)> {
-    json.lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|e| e["event"] == "case_finished")
-        .map(|e| {
-            let id = &e["id"];
-            (
-                (
-                    id["kernel"].as_str().unwrap().to_string(),
-                    format!(
-                        "{}:{}",
-                        id["program"].as_str().unwrap(),
-                        id["case"].as_str().unwrap()
-                    ),
-                ),
-                (
-                    e["result"].as_str().unwrap().to_string(),
-                    e["reason"].as_str().unwrap_or("").to_string(),
-                ),
-            )
-        })
-        .collect()
-}
-
-/// Every expected case has its verdict on every kernel, and nothing else ran.
-fn assert_verdicts(
-    got: &BTreeMap<(String, String), (String, String)>,
-    want: &BTreeMap<String, (String, bool)>,
-    kernels: &[&str],
-) {
-    let mut wrong = Vec::new();
-    for k in kernels {
-        for (case, (result, _)) in want {
-            match got.get(&(k.to_string(), case.clone())) {
-                Some((r, _)) if r == result => {}
-                other => wrong.push(format!("[{k}] {case}: want {result}, got {other:?}")),
-            }
-        }
-    }
-    for (k, case) in got.keys() {
-        if !want.contains_key(case) {
-            wrong.push(format!("[{k}] {case}: ran but is not expected"));
-        }
-    }
-    assert!(wrong.is_empty(), "verdicts differ:\n{}", wrong.join("\n"));
-}
 
 #[test]
 fn the_kyua_suites_pass_on_two_kernels_as_expected() {

@@ -6,7 +6,8 @@
     reason = "test helpers: a failed unwrap is a failed test"
 )]
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use lab_engine::lab::Lab;
 use lab_engine::qemu::{QemuBackend, VsockBackend};
@@ -205,4 +206,78 @@ pub fn vsock_lab() -> Option<Lab> {
         Box::new(backend),
         GUEST_INIT,
     ))
+}
+
+// --- suites: verdicts against `expected` files ---
+
+/// The bundled suites directory.
+pub fn suites() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../suites")
+        .canonicalize()
+        .unwrap()
+}
+
+/// `PROGRAM:CASE → (RESULT, lab-only)` from an `expected` file.
+pub fn expected(tree: &Path) -> BTreeMap<String, (String, bool)> {
+    std::fs::read_to_string(tree.join("expected"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (
+                w[0].to_string(),
+                (w[1].to_string(), w.get(2) == Some(&"lab-only")),
+            )
+        })
+        .collect()
+}
+
+/// `(kernel, PROGRAM:CASE) → (result, reason)` from `lab test --format json`.
+pub fn verdicts(json: &str) -> BTreeMap<(String, String), (String, String)> {
+    json.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "case_finished")
+        .map(|e| {
+            let id = &e["id"];
+            (
+                (
+                    id["kernel"].as_str().unwrap().to_string(),
+                    format!(
+                        "{}:{}",
+                        id["program"].as_str().unwrap(),
+                        id["case"].as_str().unwrap()
+                    ),
+                ),
+                (
+                    e["result"].as_str().unwrap().to_string(),
+                    e["reason"].as_str().unwrap_or("").to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Every expected case has its verdict on every kernel, and nothing else ran.
+pub fn assert_verdicts(
+    got: &BTreeMap<(String, String), (String, String)>,
+    want: &BTreeMap<String, (String, bool)>,
+    kernels: &[&str],
+) {
+    let mut wrong = Vec::new();
+    for k in kernels {
+        for (case, (result, _)) in want {
+            match got.get(&(k.to_string(), case.clone())) {
+                Some((r, _)) if r == result => {}
+                other => wrong.push(format!("[{k}] {case}: want {result}, got {other:?}")),
+            }
+        }
+    }
+    for (k, case) in got.keys() {
+        if !want.contains_key(case) {
+            wrong.push(format!("[{k}] {case}: ran but is not expected"));
+        }
+    }
+    assert!(wrong.is_empty(), "verdicts differ:\n{}", wrong.join("\n"));
 }
