@@ -2,9 +2,12 @@
 //! with clang, run through BPF_PROG_TEST_RUN by the guest runner) on several kernels in one
 //! run, each test's verdict held to the suite's `expected` file, decoded logs in the reports.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test code: a failed unwrap is a failed test"
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        reason = "test code: a failed unwrap is a failed test"
+    )
 )]
 
 mod common;

@@ -2,9 +2,12 @@
 //! every case's verdict is held to the suite's `expected` file, on two kernels in one run, and
 //! to Debian's kyua running the same programs on this host.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test code: a failed unwrap is a failed test"
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        reason = "test code: a failed unwrap is a failed test"
+    )
 )]
 
 use std::collections::BTreeMap;
