@@ -1,5 +1,6 @@
 //! The ELF side of an eBPF test object: its section table, which sections are test programs
-//! (`<progtype>/test/<name>/<stage>`), and the in-place section renaming that lets aya-obj parse
+//! (`<progtype>/test/<name>/<stage>`) and tail call targets (`<progtype>/tail/<map>/<index>`,
+//! the lab's convention for filling prog arrays), and the in-place section renaming that lets aya-obj parse
 //! sections whose names its own parser rejects (`xdp/test/...`, `tc/...`).
 //!
 //! Renaming keeps every offset in the file: only the first path component of a program
@@ -136,6 +137,30 @@ impl Elf {
             .filter(|s| s.is_program())
             .filter_map(|s| TestSection::parse(s.index, &s.name))
             .collect()
+    }
+
+    /// The tail call targets, in section order; a section that looks like one (it has a
+    /// `/tail/` component and is no test section) but is malformed, or two targets for one
+    /// slot, are an error.
+    pub fn tail_targets(&self) -> Result<Vec<TailSection>, String> {
+        let mut out: Vec<TailSection> = Vec::new();
+        for s in self.sections.iter().filter(|s| s.is_program()) {
+            let Some(target) = TailSection::parse(s.index, &s.name) else {
+                continue;
+            };
+            let target = target?;
+            if let Some(other) = out
+                .iter()
+                .find(|o| o.map == target.map && o.key == target.key)
+            {
+                return Err(format!(
+                    "two tail call targets for {}[{}]: {} and {}",
+                    target.map, target.key, other.section, target.section
+                ));
+            }
+            out.push(target);
+        }
+        Ok(out)
     }
 
     /// Test names in order of first appearance.
@@ -332,9 +357,100 @@ impl TestSection {
     }
 }
 
+/// A tail call target: the program in section `<progtype>/tail/<map>/<index>`, which the
+/// runner loads for every test and puts at key `<index>` of the prog array `<map>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailSection {
+    pub index: usize,
+    pub section: String,
+    pub progtype: String,
+    pub map: String,
+    pub key: u32,
+}
+
+impl TailSection {
+    /// None if `name` has no `/tail/` component or is a test section; an error if it has one
+    /// but is not `<progtype>/tail/<map>/<index>` with a decimal index. `<progtype>` may
+    /// contain `/`: the last two components are the map and the index.
+    pub fn parse(index: usize, name: &str) -> Option<Result<Self, String>> {
+        if !name.contains("/tail/") || TestSection::parse(index, name).is_some() {
+            return None;
+        }
+        let bad = || {
+            format!(
+                "section {name} is no tail call target <progtype>/tail/<map>/<index> \
+                 (index a decimal number)"
+            )
+        };
+        let mut parts = name.rsplitn(3, '/');
+        let (Some(key), Some(map), Some(head)) = (parts.next(), parts.next(), parts.next()) else {
+            return Some(Err(bad()));
+        };
+        let progtype = head.strip_suffix("/tail").unwrap_or_default();
+        if progtype.is_empty()
+            || map.is_empty()
+            || key.is_empty()
+            || !key.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Some(Err(bad()));
+        }
+        let Ok(key) = key.parse::<u32>() else {
+            return Some(Err(bad()));
+        };
+        Some(Ok(Self {
+            index,
+            section: name.to_string(),
+            progtype: progtype.to_string(),
+            map: map.to_string(),
+            key,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A section name and what it is: no target (None), a malformed one (Some(None)), or a
+    /// target's (progtype, map, key).
+    type TailCase = (
+        &'static str,
+        Option<Option<(&'static str, &'static str, u32)>>,
+    );
+
+    #[test]
+    fn tail_sections_name_a_map_and_a_decimal_index() {
+        let table: &[TailCase] = &[
+            ("tc/tail/calls/0", Some(Some(("tc", "calls", 0)))),
+            ("xdp/tail/jumps/17", Some(Some(("xdp", "jumps", 17)))),
+            (
+                "cgroup/connect4/tail/m/3",
+                Some(Some(("cgroup/connect4", "m", 3))),
+            ),
+            ("tc/tail/tail/1", Some(Some(("tc", "tail", 1)))),
+            ("tc/tail/m/4294967295", Some(Some(("tc", "m", u32::MAX)))),
+            // Looks like a target, is not one: an error, not silence.
+            ("tc/tail/m/x", Some(None)),
+            ("tc/tail/m/4294967296", Some(None)),
+            ("tc/tail/m/-1", Some(None)),
+            ("tc/tail/m/", Some(None)),
+            ("tc/tail//0", Some(None)),
+            ("/tail/m/0", Some(None)),
+            ("tc/tail/m", Some(None)),
+            ("tc/tail/a/b/0", Some(None)),
+            // No target at all.
+            ("tc", None),
+            ("tc/tailcall/m/0", None),
+            ("tail/m/0", None),
+            ("tc/test/tail/x/check", None),
+        ];
+        for (name, want) in table {
+            let got = TailSection::parse(5, name)
+                .map(|r| r.ok().map(|t| (t.progtype, t.map, t.key, t.index)));
+            let want = want.map(|w| w.map(|(p, m, k)| (p.to_string(), m.to_string(), k, 5)));
+            assert_eq!(got, want, "{name}");
+        }
+    }
 
     /// A section name and the (progtype, test, stage) it names, if any.
     type Case = (&'static str, Option<(&'static str, &'static str, Stage)>);

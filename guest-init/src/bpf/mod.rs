@@ -1,7 +1,9 @@
 //! `/init bpf`: guest-init as the guest side of eBPF unit tests (Cilium's and Kmesh's
 //! `<progtype>/test/<name>/<stage>` protocol). `list OBJ` prints the object's test names;
 //! `run OBJ NAME` loads the object afresh, runs the test's stages with `BPF_PROG_TEST_RUN` and
-//! prints one JSON line (see `report`). The contract is `notes/bpf-contract.md`'s.
+//! prints one JSON line (see `report`). Before a test's stages run, the object's tail call
+//! targets (`<progtype>/tail/<map>/<index>`) fill its prog arrays (see `tail`). The contract
+//! is `notes/bpf-contract.md`'s.
 
 mod cli;
 mod elf;
@@ -10,6 +12,7 @@ mod progtype;
 mod report;
 mod run;
 mod sys;
+mod tail;
 
 pub use cli::main;
 

@@ -1,16 +1,18 @@
 //! One test of an object, the way Cilium's and Kmesh's runners do it: pktgen on a zeroed
 //! buffer, setup (or jump) on its packet, check on the setup's return code (4 bytes, host
 //! endianness) followed by the setup's packet (the packet alone when there is no setup), then
-//! `suite_result_map[0]` read back. Everything is loaded anew for each run.
+//! `suite_result_map[0]` read back. Everything is loaded anew for each run, and the object's
+//! tail call targets fill its prog arrays before the first stage runs.
 
 use std::io;
 use std::os::fd::AsFd;
 
-use super::elf::{Elf, Stage, TestSection};
+use super::elf::{Elf, Stage, TailSection, TestSection};
 use super::load::Loaded;
 use super::progtype::{prog_kind, ProgKind, RunKind};
 use super::report::{Outcome, Report, StageRun};
 use super::sys;
+use super::tail;
 
 /// The zeroed input of pktgen: a page less XDP's headroom and the shared info tailroom, the
 /// largest packet every packet program type takes (Cilium's size).
@@ -53,9 +55,20 @@ pub fn run(data: &[u8], name: &str) -> Report {
             }
         }
     }
+    let targets = match tail_targets(&elf) {
+        Ok(t) => t,
+        Err(why) => return report.error(why),
+    };
     let loaded = match Loaded::new(data, &elf) {
         Ok(l) => l,
         Err(e) => return report.error(format!("cannot load the object: {}", super::chain(&e))),
+    };
+    let _tail_progs = match tail::fill(&loaded, &targets) {
+        Ok(fds) => fds,
+        Err(unfilled) => {
+            report.verifier_log = unfilled.verifier_log;
+            return report.error(unfilled.reason);
+        }
     };
     let mut progs = Vec::new();
     for (s, kind) in stages.iter().zip(&kinds) {
@@ -142,6 +155,20 @@ pub fn run(data: &[u8], name: &str) -> Report {
     }
     report.outcome = Outcome::Ran;
     report
+}
+
+/// The object's tail call targets with the kind each loads as.
+fn tail_targets(elf: &Elf) -> Result<Vec<(TailSection, ProgKind)>, String> {
+    elf.tail_targets()?
+        .into_iter()
+        .map(|t| match prog_kind(&t.progtype) {
+            Some(k) => Ok((t, k)),
+            None => Err(format!(
+                "the runner cannot load {} programs (tail call target {})",
+                t.progtype, t.section
+            )),
+        })
+        .collect()
 }
 
 /// The stage sections of test `name`, in run order; a missing check or a stage given twice is

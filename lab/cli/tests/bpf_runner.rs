@@ -2,7 +2,10 @@
 //! compiled here with clang (`tests/bpf/*.c`), sent into real guests with `lab boot --put`,
 //! and the runner's JSON checked field by field: passing and failing XDP tests (pktgen, setup,
 //! check), a tc test, a cgroup/connect4 test (skipped), a check that never writes its result,
-//! an object without `suite_result_map`, and a program the verifier rejects.
+//! an object without `suite_result_map`, a program the verifier rejects, and tail calls by the
+//! lab's `<progtype>/tail/<map>/<index>` convention (`tests/bpf/tail.c`: a filled slot taken,
+//! an empty one falling through, and a rejected target, a missing map and a map that is not a
+//! prog array, each an error).
 //!
 //! They need QEMU and clang (Debian's `clang` and `libbpf-dev`). Without them they skip and say
 //! so; with `LAB_E2E=1` (CI) a missing prerequisite is a failure instead.
@@ -28,6 +31,25 @@ const SUITE_TESTS: [&str; 6] = [
     "xdp_pass", "xdp_fail", "tc_pass", "connect4", "no_write", "rejected",
 ];
 
+/// The tests of `tests/bpf/tail.c`.
+const TAIL_TESTS: [&str; 2] = ["tail_taken", "tail_empty"];
+/// `tests/bpf/tail.c` built with each define, and how the runner's reason for every test of
+/// that object begins.
+const TAIL_ERRORS: [(&str, &str); 3] = [
+    (
+        "BAD_TARGET",
+        "verifier rejected tail call target (xdp/tail/jumps/1): ",
+    ),
+    (
+        "NO_MAP",
+        "tail call target xdp/tail/nosuch/1: the object has no map named nosuch",
+    ),
+    (
+        "NOT_PROG_ARRAY",
+        "tail call target xdp/tail/plain/1: map plain is not a prog array",
+    ),
+];
+
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
@@ -37,6 +59,11 @@ fn on_path(tool: &str) -> bool {
 /// Compiles `tests/bpf/NAME.c` into `dir`; None (having said why) without clang or libbpf's
 /// headers.
 fn compile(name: &str, dir: &Path) -> Option<PathBuf> {
+    compile_with(name, None, dir)
+}
+
+/// The same with `-D<define>` where given, into `NAME.o` or `NAME-<define>.o`.
+fn compile_with(name: &str, define: Option<&str>, dir: &Path) -> Option<PathBuf> {
     for (ok, what) in [
         (
             on_path("clang"),
@@ -54,9 +81,13 @@ fn compile(name: &str, dir: &Path) -> Option<PathBuf> {
         }
     }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/bpf/{name}.c"));
-    let obj = dir.join(format!("{name}.o"));
+    let obj = match define {
+        Some(d) => dir.join(format!("{name}-{d}.o")),
+        None => dir.join(format!("{name}.o")),
+    };
     let out = Command::new("clang")
         .args(["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86"])
+        .args(define.map(|d| format!("-D{d}")))
         // Debian keeps <asm/types.h> under the multiarch directory.
         .arg("-I/usr/include/x86_64-linux-gnu")
         .arg("-c")
@@ -129,11 +160,24 @@ fn runner_on(kernel: &str) {
     else {
         return;
     };
+    let mut tails = vec![compile("tail", objs.path()).unwrap()];
+    for (define, _) in TAIL_ERRORS {
+        tails.push(compile_with("tail", Some(define), objs.path()).unwrap());
+    }
     // One guest runs everything: the listing, each test, and the error cases, each answer on
     // its own line(s) after a marker.
     let mut script = String::from("echo @list; /init bpf list /t.o; echo @rc=$?; ");
     for t in SUITE_TESTS {
         script.push_str(&format!("echo @{t}; /init bpf run /t.o {t}; "));
+    }
+    script.push_str("echo @tail_list; /init bpf list /tail.o; ");
+    for t in TAIL_TESTS {
+        script.push_str(&format!("echo @{t}; /init bpf run /tail.o {t}; "));
+    }
+    for (define, _) in TAIL_ERRORS {
+        script.push_str(&format!(
+            "echo @{define}; /init bpf run /{define}.o tail_empty; "
+        ));
     }
     script.push_str(
         "echo @nomap; /init bpf run /n.o nomap; \
@@ -141,19 +185,18 @@ fn runner_on(kernel: &str) {
          echo @bad; /init bpf list /init; echo @rc=$?",
     );
     let s = Scratch::new();
-    let out = s.run(&[
-        "boot",
-        "-k",
-        kernel,
-        "--put",
-        &format!("{}:/t.o", suite.display()),
-        "--put",
-        &format!("{}:/n.o", nomap.display()),
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let mut args: Vec<String> = ["boot", "-k", kernel, "--put"].map(String::from).to_vec();
+    args.push(format!("{}:/t.o", suite.display()));
+    args.push("--put".into());
+    args.push(format!("{}:/n.o", nomap.display()));
+    args.push("--put".into());
+    args.push(format!("{}:/tail.o", tails[0].display()));
+    for ((define, _), obj) in TAIL_ERRORS.iter().zip(&tails[1..]) {
+        args.push("--put".into());
+        args.push(format!("{}:/{define}.o", obj.display()));
+    }
+    args.extend(["--", "sh", "-c", &script].map(String::from));
+    let out = s.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(out.status.code(), Some(0));
     let text = stdout(&out);
     let mut sections: std::collections::HashMap<String, Vec<String>> = Default::default();
@@ -168,13 +211,14 @@ fn runner_on(kernel: &str) {
             .or_default()
             .push(line.to_string());
     }
-    let report = |name: &str| -> Value {
-        let lines = &sections[name];
-        assert_eq!(lines.len(), 1, "{name}: one JSON line, got {lines:?}");
+    let report_as = |marker: &str, name: &str| -> Value {
+        let lines = &sections[marker];
+        assert_eq!(lines.len(), 1, "{marker}: one JSON line, got {lines:?}");
         let v: Value = serde_json::from_str(&lines[0]).unwrap();
         assert_eq!(v["test"], name, "{v}");
         v
     };
+    let report = |name: &str| report_as(name, name);
 
     assert_eq!(sections["list"], SUITE_TESTS);
     assert!(text.contains("@rc=0\n"), "list exits 0");
@@ -238,6 +282,38 @@ fn runner_on(kernel: &str) {
     let log = rejected["verifier_log"].as_str().unwrap();
     assert!(log.contains("invalid access to packet"), "{log}");
     assert!(log.len() <= 8 * 1024 + 4);
+
+    assert_eq!(
+        sections["tail_list"], TAIL_TESTS,
+        "tail call targets are no tests"
+    );
+    let taken = report("tail_taken");
+    assert_eq!(taken["outcome"], "ran", "{taken}");
+    assert_eq!(
+        taken["stages"][0]["retval"], 3,
+        "the setup's tail call ran the target, which returns XDP_TX: {taken}"
+    );
+    assert_eq!(taken["result_map"], hex(&result_bytes("tail_taken", 1)));
+    let empty = report("tail_empty");
+    assert_eq!(empty["outcome"], "ran", "{empty}");
+    assert_eq!(
+        empty["stages"][0]["retval"], 1,
+        "the empty slot fell through to XDP_DROP: {empty}"
+    );
+    assert_eq!(empty["result_map"], hex(&result_bytes("tail_empty", 1)));
+    for (define, why) in TAIL_ERRORS {
+        let e = report_as(define, "tail_empty");
+        assert_eq!(e["outcome"], "error", "{define}: {e}");
+        let reason = e["reason"].as_str().unwrap();
+        assert!(reason.starts_with(why), "{define}: {reason}");
+        assert!(stages(&e).is_empty(), "{define}: nothing ran: {e}");
+        if define == "BAD_TARGET" {
+            let log = e["verifier_log"].as_str().unwrap();
+            assert!(log.contains("invalid access to packet"), "{log}");
+        } else {
+            assert!(e["verifier_log"].is_null(), "{e}");
+        }
+    }
 
     let nomap = report("nomap");
     assert_eq!(nomap["outcome"], "ran", "{nomap}");

@@ -1,14 +1,18 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* A tc classifier that dispatches IPv4 packets by protocol through the prog array
- * dispatch_calls: slot DISPATCH_UDP marks UDP packets Expedited Forwarding (DSCP 46),
- * slot DISPATCH_TCP drops telnet. With a slot empty the tail call falls through: the packet
- * passes and dispatch_stats[STAT_MISS] counts it, so a missing handler shows. User space fills
- * dispatch_calls; built with LAB_BPF_TEST the object fills it statically (libbpf's .values,
- * which aya-obj 0.3, and so lab's runner, cannot parse: the lab's tests do without). */
+ * dispatch_calls: slot DISPATCH_UDP marks UDP packets Expedited Forwarding (DSCP 46), slot
+ * DISPATCH_TCP drops telnet, slot DISPATCH_ICMP is for an optional ICMP handler. User space
+ * fills dispatch_calls with dispatch_udp and dispatch_tcp (and an ICMP handler where it has
+ * one). With a slot empty the tail call falls through: the packet passes and
+ * dispatch_stats[STAT_MISS] counts it, so a missing handler shows. The handlers' logic lives
+ * in static functions, so a test can put thin wrappers of its own into the slots (lab's
+ * TAIL_CALL convention; see tests/tc_dispatch_test.c). */
 #include "net.h"
 
-#define DISPATCH_UDP 0
-#define DISPATCH_TCP 1
+#define DISPATCH_UDP  0
+#define DISPATCH_TCP  1
+#define DISPATCH_ICMP 2
+#define DISPATCH_MAX  4
 
 #define STAT_UDP   0
 #define STAT_TCP   1
@@ -25,6 +29,14 @@ struct {
 	__uint(max_entries, STAT_MAX);
 } dispatch_stats SEC(".maps");
 
+/* Filled by user space (no static .values: aya-obj, and so lab, cannot parse them). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+	__uint(max_entries, DISPATCH_MAX);
+} dispatch_calls SEC(".maps");
+
 static __always_inline void dispatch_count(__u32 stat)
 {
 	__u64 *v = bpf_map_lookup_elem(&dispatch_stats, &stat);
@@ -33,8 +45,8 @@ static __always_inline void dispatch_count(__u32 stat)
 		__sync_fetch_and_add(v, 1);
 }
 
-SEC("tc")
-int dispatch_udp(struct __sk_buff *skb)
+/* Slot DISPATCH_UDP: remarks the packet EF, fixing the IPv4 checksum. */
+static __always_inline int handle_udp(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -51,8 +63,8 @@ int dispatch_udp(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-SEC("tc")
-int dispatch_tcp(struct __sk_buff *skb)
+/* Slot DISPATCH_TCP: drops telnet. */
+static __always_inline int handle_tcp(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -65,27 +77,17 @@ int dispatch_tcp(struct __sk_buff *skb)
 	return tcp->dest == bpf_htons(23) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
-#ifdef LAB_BPF_TEST
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(key_size, sizeof(__u32));
-	__uint(max_entries, 2);
-	__array(values, int(struct __sk_buff *));
-} dispatch_calls SEC(".maps") = {
-	.values = {
-		[DISPATCH_UDP] = &dispatch_udp,
-		[DISPATCH_TCP] = &dispatch_tcp,
-	},
-};
-#else
-/* Without a values member: aya-obj 0.3 rejects one whose elements are not map definitions. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(__u32));
-	__uint(max_entries, 2);
-} dispatch_calls SEC(".maps");
-#endif
+SEC("tc")
+int dispatch_udp(struct __sk_buff *skb)
+{
+	return handle_udp(skb);
+}
+
+SEC("tc")
+int dispatch_tcp(struct __sk_buff *skb)
+{
+	return handle_tcp(skb);
+}
 
 static __always_inline int dispatch(struct __sk_buff *skb)
 {
@@ -103,6 +105,8 @@ static __always_inline int dispatch(struct __sk_buff *skb)
 		slot = DISPATCH_UDP;
 	else if (ip->protocol == IPPROTO_TCP)
 		slot = DISPATCH_TCP;
+	else if (ip->protocol == IPPROTO_ICMP)
+		slot = DISPATCH_ICMP;
 	else {
 		dispatch_count(STAT_OTHER);
 		return TC_ACT_OK;

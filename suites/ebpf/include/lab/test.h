@@ -12,6 +12,10 @@
  *   Log         { string fmt = 1; repeated fixed64 args = 2 (packed); }
  *   Status      { ERROR = 0; PASS = 1; FAIL = 2; SKIP = 3; }
  *
+ * TAIL_CALL(progtype, map, index) marks a program that the lab puts into the object's prog
+ * array `map` at `index` before each test's stages run (the lab's stand-in for libbpf's
+ * static `.values` initialisation of prog arrays).
+ *
  * The encoder is plain C: every write is a constant number of bytes at an offset checked
  * against the buffer first, so the verifier can bound it, and defining LAB_TEST_HOST before
  * including this header compiles the same check functions for the host, writing into
@@ -253,6 +257,15 @@ static __always_inline int lab_finish(struct lab_test_state *s)
 #define SETUP(progtype, name) LAB_SEC(progtype "/test/" name "/setup")
 #define JUMP(progtype, name) SETUP(progtype, name) /* Kmesh's name for SETUP */
 #define CHECK(progtype, name) LAB_SEC(progtype "/test/" name "/check")
+
+/* Puts the next function in section progtype/tail/map/index, a tail call target: before each
+ * test's stages run, the lab loads every such program of the object (as a progtype program)
+ * and stores it at key `index` of the prog array `map`. `map` is the C name of a
+ * BPF_MAP_TYPE_PROG_ARRAY map of the object (key and value __u32); `index` a decimal integer
+ * constant, as a literal or a #define of one (not an enum, a suffix or an expression: the
+ * lab refuses a section whose index is not decimal digits). */
+#define TAIL_CALL(progtype, map, index)                                                    \
+	LAB_SEC(progtype "/tail/" LAB_STRINGIFY(map) "/" LAB_STRINGIFY(index))
 
 /* Opens the check: finds the result buffer (returns TEST_ERROR if it cannot). */
 #define test_init()                                                                        \
