@@ -15,8 +15,9 @@ use sha2::{Digest, Sha256};
 
 /// The Debian packages the test command puts in every guest (with their dependencies): the
 /// atf-sh interpreter and atf-check for ATF shell test programs, and bash, which Debian's
-/// atf-sh runs test programs with (`/bin/bash`; essential, so no declared dependency).
-pub const DEFAULT_TEST_PACKAGES: &[&str] = &["atf-sh", "bash"];
+/// atf-sh runs test programs with (`/bin/bash`; essential, so no declared dependency), and
+/// libbpf1, which test programs in C (built by `suite::c_build`) are linked against.
+pub const DEFAULT_TEST_PACKAGES: &[&str] = &["atf-sh", "bash", "libbpf1"];
 
 /// Errors of assembling a guest image.
 #[derive(Debug, thiserror::Error)]
