@@ -137,16 +137,14 @@ fn open_test_lab(vm: &VmArgs) -> anyhow::Result<lab_engine::lab::Lab> {
     crate::open_lab(setup)
 }
 
-/// Builds the programs lab compiles itself (BPF sources, `bpf_test_program{name='x.c'}`) into
-/// the cache; a program that does not build is reported broken by the run, with clang's
+/// Builds the programs lab compiles itself (`x.c` names: BPF sources, and test programs in C
+/// with the BPF objects beside them) into the cache; a program that does not build is reported broken by the run, with clang's
 /// words, and the rest runs.
 fn build_programs(
     lab: &lab_engine::lab::Lab,
     programs: &mut [TestProgram],
 ) -> anyhow::Result<Vec<(usize, String)>> {
-    let needs = |p: &TestProgram| {
-        p.interface == lab_model::Interface::Bpf && p.path.ends_with(".c") && p.built.is_none()
-    };
+    let needs = |p: &TestProgram| p.path.ends_with(".c") && p.built.is_none();
     if !programs.iter().any(needs) {
         return Ok(Vec::new());
     }
@@ -156,9 +154,18 @@ fn build_programs(
         if !needs(p) || !p.host_path().is_file() {
             continue;
         }
-        match lab_engine::suite::bpf_build::build(&p.host_path(), &p.root, &cache) {
-            Ok(object) => p.built = Some(object),
-            Err(e) => unbuilt.push((i, error_text(&e))),
+        // BPF sources become objects; other test programs in C become executables (with
+        // the BPF objects beside them that they load).
+        let built = if p.interface == lab_model::Interface::Bpf {
+            lab_engine::suite::bpf_build::build(&p.host_path(), &p.root, &cache)
+                .map_err(|e| error_text(&e))
+        } else {
+            lab_engine::suite::c_build::build(&p.host_path(), &p.root, &cache)
+                .map_err(|e| error_text(&e))
+        };
+        match built {
+            Ok(artifact) => p.built = Some(artifact),
+            Err(why) => unbuilt.push((i, why)),
         }
     }
     Ok(unbuilt)

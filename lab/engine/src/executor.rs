@@ -58,9 +58,19 @@ impl<'a> Context<'a> {
             collect_files(root, &format!("/lab/suites/{n}"), &mut files);
         }
         for p in &plan.programs {
-            if let Some(built) = &p.built {
-                let n = roots.get(&p.root).copied().unwrap_or(0);
+            let Some(built) = &p.built else { continue };
+            let n = roots.get(&p.root).copied().unwrap_or(0);
+            if p.interface == Interface::Bpf {
                 files.push((built_guest_path(n, p), 0o644, built.clone()));
+                continue;
+            }
+            // A compiled test program comes with what was built beside it (its BPF
+            // objects): the whole output directory goes beside the program.
+            let dir = guest_dir(n, p);
+            if let Some(out) = built.parent() {
+                let mut outputs = Vec::new();
+                collect_files(out, &dir, &mut outputs);
+                files.extend(outputs);
             }
         }
         Self {
@@ -161,9 +171,27 @@ impl<'a> Context<'a> {
     }
 }
 
-/// Where a built artifact goes in the guest: beside its source, `.o` appended.
+/// Where a built artifact runs in the guest: a BPF object beside its source with `.o`
+/// appended; a compiled test program under its own name in its source's directory.
 fn built_guest_path(root: usize, program: &TestProgram) -> String {
-    format!("/lab/suites/{root}/{}.o", program.path)
+    match (&program.built, program.interface) {
+        (Some(exe), iface) if iface != Interface::Bpf => {
+            let name = exe
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("{}/{name}", guest_dir(root, program))
+        }
+        _ => format!("/lab/suites/{root}/{}.o", program.path),
+    }
+}
+
+/// The guest directory holding a program.
+fn guest_dir(root: usize, program: &TestProgram) -> String {
+    match program.path.rsplit_once('/') {
+        Some((dir, _)) => format!("/lab/suites/{root}/{dir}"),
+        None => format!("/lab/suites/{root}"),
+    }
 }
 
 fn requirement(reason: String) -> TestResult {
