@@ -137,3 +137,48 @@ fn a_bpf_source_that_does_not_compile_is_broken_with_clangs_words() {
         "passed"
     );
 }
+
+#[test]
+fn a_bare_object_runs_as_a_program_of_its_own() {
+    if !can_boot() || !has_clang() || !installed("debian-6.1") {
+        return;
+    }
+    let s = Scratch::new();
+    let tree = suites().join("ebpf");
+    let dir = tempfile::tempdir().unwrap();
+    let object = dir.path().join("xdp_lb_test.o");
+    let multiarch = "/usr/include/x86_64-linux-gnu";
+    let built = std::process::Command::new("clang")
+        .args([
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            "-D__TARGET_ARCH_x86",
+            "-I",
+            multiarch,
+        ])
+        .arg("-I")
+        .arg(tree.join("tests/include"))
+        .arg("-I")
+        .arg(tree.join("include"))
+        .arg("-c")
+        .arg(tree.join("tests/xdp_lb_test.c"))
+        .arg("-o")
+        .arg(&object)
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let out = s.run(&["test", &object.display().to_string(), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let got = verdicts(&stdout(&out));
+    assert_eq!(
+        got[&(
+            "debian-6.1".to_string(),
+            "xdp_lb_test.o:lb_vip_redirect".to_string()
+        )]
+            .0,
+        "passed"
+    );
+    assert_eq!(got.len(), 3, "{got:?}");
+}
