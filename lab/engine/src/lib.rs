@@ -10,6 +10,7 @@ pub mod guest;
 pub mod interface;
 pub mod lab;
 pub mod launcher;
+pub(crate) mod process;
 pub mod qemu;
 pub mod scheduler;
 pub mod scratch;
