@@ -8,6 +8,7 @@ pub mod console;
 pub(crate) mod executor;
 pub mod guest;
 pub mod interface;
+pub mod kvm;
 pub mod lab;
 pub mod launcher;
 pub(crate) mod process;
