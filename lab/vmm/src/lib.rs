@@ -2,5 +2,8 @@
 //! to QEMU out of process as a vhost-user backend ([`vhost_user::serve`]); it is written so that
 //! the lab's own KVM VMM can later run it in process.
 
+pub mod arch;
+pub mod boot;
 pub mod devices;
 pub mod vhost_user;
+pub mod vstate;
