@@ -1,4 +1,7 @@
-//! The lab's emulated devices. Only virtio devices so far; legacy devices (serial, i8042) join
-//! here when the lab boots guests with its own VMM.
+//! The lab's emulated devices: the buses vCPU exits are dispatched on ([`bus`]), the legacy PC
+//! devices ([`legacy`]: serial console, i8042 reset) and the virtio devices with their
+//! virtio-mmio transport ([`virtio`]).
 
+pub mod bus;
+pub mod legacy;
 pub mod virtio;
