@@ -2,6 +2,8 @@
 //! to QEMU out of process as a vhost-user backend ([`vhost_user::serve`]); it is written so that
 //! the lab's own KVM VMM can later run it in process.
 
+#[cfg(target_arch = "x86_64")]
+pub mod acpi;
 pub mod arch;
 pub mod boot;
 pub mod devices;
