@@ -10,3 +10,6 @@ pub use kvm::{Kvm, KvmError};
 pub use memory::{GuestMemoryMmap, MemoryConfig, MemoryError};
 pub use vcpu::{Bus, SystemEvent, Vcpu, VcpuError, VcpuExit, VcpuHandle};
 pub use vm::{Vm, VmError};
+
+#[cfg(test)]
+mod probe_tests;
