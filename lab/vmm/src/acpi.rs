@@ -11,8 +11,10 @@
 //!  0xe0000  RSDP  "RSD PTR ", revision 2 ──► XSDT
 //!  0xe0040  DSDT  \_SB_.Vnnn: _HID "LNRO0005", _UID n, _CRS { Memory32Fixed, Interrupt }
 //!                 \_SB_.COM1: _HID PNP0501, _CRS { IO 0x3f8/8, Interrupt 4 } (when asked for)
-//!  then     FADT  HW-reduced ACPI, reset register: port 0x64 ← 0xfe (the i8042's reset), no
-//!                 VGA, no MSI, no CMOS RTC, no 8042 to probe; X_DSDT ──► DSDT
+//!                 \_S5_: Package { 5 } (the soft-off sleep type)
+//!  then     FADT  HW-reduced ACPI, reset register: port 0x64 ← 0xfe (the i8042's reset), sleep
+//!                 control/status registers at ports 0x600/0x601 (power-off), no VGA, no MSI,
+//!                 no CMOS RTC, no 8042 to probe; X_DSDT ──► DSDT
 //!  then     MADT  local APIC at 0xfee00000, one enabled local APIC per vCPU (APIC id = index),
 //!                 the I/O APIC (id 0) at 0xfec00000 with GSI base 0
 //!  then     XSDT  ──► FADT, MADT
@@ -23,7 +25,7 @@
 //! virtio-mmio interrupts are edge-triggered and active-high, as irqfds deliver them.
 
 use acpi_tables::aml::{
-    Device, EISAName, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate, Scope, IO,
+    Device, EISAName, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate, Scope, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -37,6 +39,7 @@ use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::arch::x86_64::layout;
+use crate::devices::legacy::acpi_sleep::{S5_SLEEP_TYPE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
 
 /// Where the RSDP goes: the start of the BIOS area Linux scans for it.
 pub const RSDP_ADDR: u64 = layout::ACPI_START;
@@ -274,7 +277,12 @@ fn dsdt(config: &AcpiConfig) -> Result<Vec<u8>, AcpiError> {
         ))));
     }
     let children: Vec<&dyn Aml> = devices.iter().map(|d| d as &dyn Aml).collect();
-    let body = to_bytes(&Scope::new(Path::new("\\_SB_"), children));
+    let mut body = to_bytes(&Scope::new(Path::new("\\_SB_"), children));
+    // The soft-off state, entered through the FADT's sleep control register.
+    body.extend(to_bytes(&Name::new(
+        Path::new("_S5_"),
+        &Package::new(vec![&S5_SLEEP_TYPE]),
+    )));
     // Revision 2: integers are 64 bits.
     let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, *b"LABVMDSD", OEM_REVISION);
     dsdt.append_slice(&body);
@@ -307,6 +315,17 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
         u64::from(RESET_PORT),
     );
     fadt.reset_value = RESET_VALUE;
+    let sleep_register = |port: u16| {
+        GAS::new(
+            AddressSpace::SystemIo,
+            8,
+            0,
+            AccessSize::ByteAccess,
+            port.into(),
+        )
+    };
+    fadt.sleep_control_reg = sleep_register(SLEEP_CONTROL_PORT);
+    fadt.sleep_status_reg = sleep_register(SLEEP_STATUS_PORT);
     fadt.iapc_boot_arch =
         (iapc::VGA_NOT_PRESENT | iapc::MSI_NOT_SUPPORTED | iapc::CMOS_RTC_NOT_PRESENT).into();
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(HYPERVISOR_VENDOR).into();
@@ -425,6 +444,11 @@ mod tests {
         let iapc = u16::from_le_bytes([fadt[109], fadt[110]]);
         assert_eq!(iapc, (1 << 2) | (1 << 3) | (1 << 5));
         assert_eq!(&fadt[268..276], b"LABVMKVM");
+        // Sleep control (GAS at 244) and status (256): system I/O bytes at 0x600 and 0x601.
+        assert_eq!(&fadt[244..248], &[1, 8, 0, 1]);
+        assert_eq!(u64_at(fadt, 248), 0x600);
+        assert_eq!(&fadt[256..260], &[1, 8, 0, 1]);
+        assert_eq!(u64_at(fadt, 260), 0x601);
     }
 
     #[test]
@@ -587,6 +611,7 @@ mod tests {
             "Device (COM1) { Name (_HID, EisaId (\"PNP0501\")",
             "IO (Decode16, 0x03F8, // Range Minimum 0x03F8, // Range Maximum 0x01, // Alignment 0x08, // Length )",
             "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000004, }",
+            "Name (_S5, Package (0x01) // _S5_: S5 System State { 0x05 })",
         ] {
             assert!(flat.contains(want), "missing {want:?} in:\n{dsl}");
         }
