@@ -1,11 +1,16 @@
-//! lab-vmm: the lab's own virtual-machine devices. Today that is the virtio-vsock device, served
-//! to QEMU out of process as a vhost-user backend ([`vhost_user::serve`]); it is written so that
-//! the lab's own KVM VMM can later run it in process.
+//! lab-vmm: the lab's own KVM microVM ([`builder::run`] boots one and says how it ended), and its
+//! virtio-vsock device, which QEMU can also use out of process as a vhost-user backend
+//! ([`vhost_user::serve`]).
 
 #[cfg(target_arch = "x86_64")]
 pub mod acpi;
 pub mod arch;
 pub mod boot;
+#[cfg(target_arch = "x86_64")]
+pub mod builder;
 pub mod devices;
+pub mod event_loop;
+#[cfg(target_arch = "x86_64")]
+pub mod seccomp;
 pub mod vhost_user;
 pub mod vstate;

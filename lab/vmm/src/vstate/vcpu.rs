@@ -298,13 +298,28 @@ impl Vcpu {
     /// Starts the vCPU's run loop on a thread named `vcpu<index>`. The loop carries out bus
     /// accesses and interruptions, and ends at the first other exit, or when stopped.
     pub fn start(self, bus: Arc<dyn Bus>) -> Result<VcpuHandle, VcpuError> {
+        self.start_with_exit_hook(bus, |_| {})
+    }
+
+    /// [`Vcpu::start`], and when the loop ends the thread calls `on_exit` with its result
+    /// (what [`VcpuHandle::join`] will return): how an event loop learns, without polling,
+    /// that a vCPU stopped and why.
+    pub fn start_with_exit_hook(
+        self,
+        bus: Arc<dyn Bus>,
+        on_exit: impl FnOnce(&Result<VcpuExit, VcpuError>) + Send + 'static,
+    ) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler()?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
         let index = self.index;
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || self.run_loop(bus.as_ref(), &thread_stop))
+            .spawn(move || {
+                let exit = self.run_loop(bus.as_ref(), &thread_stop);
+                on_exit(&exit);
+                exit
+            })
             .map_err(VcpuError::Spawn)?;
         Ok(VcpuHandle {
             index,
