@@ -6,6 +6,7 @@ mod doctor;
 mod kernel;
 mod suites;
 mod ui;
+mod vmm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,6 +90,10 @@ enum Command {
         #[arg(long)]
         cid: u64,
     },
+    /// (internal) Run one VM in the lab's own microVM; lab starts one per VM (`--backend kvm`).
+    /// The console is stdout; the last line on stderr says how the VM ended.
+    #[command(name = "__vmm", hide = true)]
+    Vmm(vmm::VmmArgs),
 }
 
 /// The hidden `__vsock-backend` command: binds both sockets, says so, and serves until QEMU
@@ -286,6 +291,7 @@ fn main() -> ExitCode {
         Command::Kernel(cmd) => kernel::run(&ui, cmd),
         Command::Bench(cmd) => bench::run(&ui, &cancel, cmd),
         Command::VsockBackend { socket, uds, cid } => vsock_backend(&socket, &uds, cid),
+        Command::Vmm(args) => vmm::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
