@@ -74,7 +74,7 @@ fn agent(
     vm: &VmArgs,
 ) -> anyhow::Result<u8> {
     let mut lab: Lab = crate::open_lab(vm)?;
-    let (prepared, accel) = crate::boot::prepare(ui, &mut lab, kernel, &[], vm.accel)?;
+    let (prepared, accel) = crate::boot::prepare(ui, &mut lab, kernel, &[], vm)?;
     let opts = vm.boot_options(accel, Some(Duration::from_secs(60)));
     let mut machine = lab.boot(&prepared, &opts, cancel, &mut |_| {})?;
     let job = Job::new(["/bin/true"]);
@@ -130,7 +130,7 @@ fn boot(
     println!("| kernel | release | backend/accel | runs | launch → agent ready (min / median / max) | launch → exit (min / median / max) | retries |");
     println!("|---|---|---|---|---|---|---|");
     for name in kernel {
-        let (prepared, auto) = crate::boot::prepare(ui, &mut lab, name, &[], vm.accel)?;
+        let (prepared, auto) = crate::boot::prepare(ui, &mut lab, name, &[], vm)?;
         // TCG always; KVM too when it boots this kernel.
         let mut accels = vec![Accel::Tcg];
         if auto == Accel::Kvm {

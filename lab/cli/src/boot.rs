@@ -16,7 +16,7 @@ use lab_proto::message::MAX_HOSTNAME;
 use lab_proto::{Isolation, Job, Stream};
 
 use crate::ui::{BadInput, Ui};
-use crate::{AccelArg, VmArgs};
+use crate::VmArgs;
 
 /// What `lab boot` and `lab run-in-vm` share.
 #[derive(Debug, Args)]
@@ -91,16 +91,17 @@ pub fn prepare(
     lab: &mut Lab,
     kernel: &str,
     extras: &[ExtraFile],
-    accel: AccelArg,
+    vm: &VmArgs,
 ) -> anyhow::Result<(Prepared, lab_engine::vm::Accel)> {
     let progress = |line: &str| ui.progress(line);
     let prepared = lab.prepare(kernel, extras, &progress)?;
-    let choice = lab.choose_accel(&prepared, accel.request(), &progress)?;
+    let choice = lab.choose_accel(&prepared, vm.accel_request(), &progress)?;
+    let backend = vm.backend_kind(choice.accel);
     ui.progress(&format!(
         "booting {} ({}) on {}/{}: {}",
         prepared.kernel.info.name,
         prepared.kernel.info.release,
-        lab.backend().name(),
+        backend.name(),
         choice.accel.name(),
         choice.reason
     ));
@@ -244,7 +245,7 @@ fn session(
         puts_data.push((put, data, mode));
     }
     let mut lab = crate::open_lab(&args.vm)?;
-    let (prepared, accel) = prepare(ui, &mut lab, &args.kernel, &extras, args.vm.accel)?;
+    let (prepared, accel) = prepare(ui, &mut lab, &args.kernel, &extras, &args.vm)?;
     let timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
     let opts: BootOptions = args.vm.boot_options(accel, timeout);
     let mut printer = Printer::new(ui, false);

@@ -108,7 +108,9 @@ pub fn run(ui: &Ui, args: DoctorArgs) -> anyhow::Result<u8> {
         println!("\nno kernels installed yet: `lab kernel fetch {}` (or any command with -k) fetches one.", catalog::DEFAULT_KERNEL);
         return Ok(if problems > 0 { 1 } else { 0 });
     }
+    row("lab VMM", &vmm_state());
     let mut lab = lab_engine::lab::Lab::new(cache, Box::new(backend), crate::GUEST_INIT);
+    lab.set_vmm(Box::new(crate::vmm_backend()?));
     println!();
     for name in names {
         let progress = |line: &str| ui.progress(line);
@@ -124,16 +126,35 @@ pub fn run(ui: &Ui, args: DoctorArgs) -> anyhow::Result<u8> {
             lab.forget_verdicts(Some(&prepared.kernel.info.id))?;
         }
         let choice = lab.choose_accel(&prepared, AccelArg::Auto.request(), &progress)?;
+        // `auto` runs a kernel in the lab's own VMM exactly when its KVM probe (made in that
+        // VMM) booted it.
+        let backend = match choice.accel {
+            lab_engine::vm::Accel::Kvm => "kvm (the lab's own VMM)",
+            lab_engine::vm::Accel::Tcg => "qemu",
+        };
         println!(
-            "kernel {} ({}): backend {}, accel {} — {}",
+            "kernel {} ({}): backend {backend}, accel {} — {}",
             prepared.kernel.info.name,
             prepared.kernel.info.release,
-            lab.backend().name(),
             choice.accel.name(),
             choice.reason
         );
     }
     Ok(if problems > 0 { 1 } else { 0 })
+}
+
+/// What the lab's own VMM finds on this host: KVM's API and capabilities, and whether guest
+/// kernels would run in KVM's instruction emulator (PVM), where stock Linux cannot boot.
+fn vmm_state() -> String {
+    match lab_vmm::vstate::kvm::Kvm::new() {
+        Err(e) => format!("unusable: {e}"),
+        Ok(_) if lab_vmm::vstate::kvm::Kvm::runs_kernel_in_emulator() => {
+            "KVM API and capabilities ok; this KVM is PVM (guest kernel code runs in its \
+             instruction emulator): stock Linux guests cannot boot, probe guests can"
+                .to_string()
+        }
+        Ok(_) => "KVM API and capabilities ok".to_string(),
+    }
 }
 
 /// Whether we run as root (only mentioned, never required).

@@ -15,10 +15,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lab_engine::accel::AccelRequest;
 use lab_engine::cancel::Cancel;
+use lab_engine::kvm::{KvmBackend, VmmProgram};
 use lab_engine::lab::Lab;
 use lab_engine::qemu::{QemuBackend, VsockBackend};
 use lab_engine::session::BootOptions;
-use lab_engine::vm::Accel;
+use lab_engine::vm::{Accel, BackendKind};
 use lab_kernel::cache::Cache;
 
 /// The guest agent, built static by build.rs and carried inside this binary.
@@ -132,6 +133,19 @@ pub enum ChannelArg {
     Serial,
 }
 
+/// Which VMM runs guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum BackendArg {
+    /// The lab's own microVM where KVM can boot the kernel (probed once per kernel and host),
+    /// QEMU otherwise.
+    #[default]
+    Auto,
+    /// Force the lab's own microVM (needs /dev/kvm).
+    Kvm,
+    /// Force QEMU (with --accel).
+    Qemu,
+}
+
 /// How guests are executed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum AccelArg {
@@ -157,7 +171,10 @@ impl AccelArg {
 /// Options of every command that boots VMs.
 #[derive(Debug, Clone, Args)]
 pub struct VmArgs {
-    /// How guests are executed.
+    /// Which VMM runs guests.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// How QEMU executes guests (the lab's own VMM always uses KVM).
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     accel: AccelArg,
     /// How the guest agent talks to lab.
@@ -188,8 +205,26 @@ pub struct VmArgs {
 }
 
 impl VmArgs {
+    /// What `prepare` asks of the accelerator choice: the lab's own VMM needs KVM.
+    fn accel_request(&self) -> AccelRequest {
+        match self.backend {
+            BackendArg::Kvm => AccelRequest::Force(Accel::Kvm),
+            BackendArg::Auto | BackendArg::Qemu => self.accel.request(),
+        }
+    }
+
+    /// The VMM for a guest on `accel`: under `auto`, the lab's own wherever KVM was chosen
+    /// (the KVM probe boots the kernel in it), QEMU otherwise.
+    fn backend_kind(&self, accel: Accel) -> BackendKind {
+        match (self.backend, accel) {
+            (BackendArg::Kvm, _) | (BackendArg::Auto, Accel::Kvm) => BackendKind::Vmm,
+            _ => BackendKind::Qemu,
+        }
+    }
+
     fn boot_options(&self, accel: Accel, run_timeout: Option<Duration>) -> BootOptions {
         BootOptions {
+            backend: self.backend_kind(accel),
             cpus: self.cpus,
             memory_mib: self.memory,
             accel,
@@ -249,7 +284,17 @@ pub fn open_lab(setup: impl Into<LabSetup>) -> anyhow::Result<Lab> {
     }
     let mut lab = Lab::new(cache, Box::new(backend), GUEST_INIT);
     lab.set_guest_packages(setup.guest_packages);
+    // The lab's own VMM (this program as `lab __vmm`): used where KVM boots the kernel in it.
+    lab.set_vmm(Box::new(vmm_backend()?));
     Ok(lab)
+}
+
+/// The lab's own VMM as a backend: this very program run as `lab __vmm`, one process per VM.
+pub fn vmm_backend() -> anyhow::Result<KvmBackend> {
+    Ok(KvmBackend::new(VmmProgram {
+        program: std::env::current_exe()?,
+        args: vec!["__vmm".into()],
+    }))
 }
 
 /// Installs SIGINT/SIGTERM handling: the first signal cancels the run (VMs are torn down, what

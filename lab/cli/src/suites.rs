@@ -193,7 +193,7 @@ pub fn test(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
     let unbuilt = build_programs(&lab, &mut programs)?;
     let mut kernels = HashMap::new();
     for name in &args.kernel {
-        let (prepared, accel) = crate::boot::prepare(ui, &mut lab, name, &[], args.vm.accel)?;
+        let (prepared, accel) = crate::boot::prepare(ui, &mut lab, name, &[], &args.vm)?;
         kernels.insert(name.clone(), (prepared, args.vm.boot_options(accel, None)));
     }
     let plan = Plan {
@@ -281,8 +281,7 @@ pub fn list(ui: &Ui, cancel: &Cancel, args: ListArgs) -> anyhow::Result<u8> {
     let needs_vm = programs.iter().any(TestProgram::needs_listing);
     let mut kernels = HashMap::new();
     if needs_vm {
-        let (prepared, accel) =
-            crate::boot::prepare(ui, &mut lab, &args.kernel, &[], args.vm.accel)?;
+        let (prepared, accel) = crate::boot::prepare(ui, &mut lab, &args.kernel, &[], &args.vm)?;
         kernels.insert(
             args.kernel.clone(),
             (prepared, args.vm.boot_options(accel, None)),
@@ -360,7 +359,7 @@ pub fn debug(ui: &Ui, cancel: &Cancel, args: DebugArgs) -> anyhow::Result<u8> {
     if let Some((_, why)) = unbuilt.iter().find(|(i, _)| programs[*i].path == program) {
         return Err(BadInput(format!("{program} does not build: {why}")).into());
     }
-    let (prepared, accel) = crate::boot::prepare(ui, &mut lab, &args.kernel, &[], args.vm.accel)?;
+    let (prepared, accel) = crate::boot::prepare(ui, &mut lab, &args.kernel, &[], &args.vm)?;
     let mut kernels = HashMap::new();
     kernels.insert(
         args.kernel.clone(),

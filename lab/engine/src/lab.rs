@@ -42,6 +42,8 @@ pub enum LabError {
 pub struct Lab {
     cache: Cache,
     backend: Box<dyn Backend>,
+    /// The lab's own VMM, when this lab may use it.
+    vmm: Option<Box<dyn Backend>>,
     guest_init: &'static [u8],
     userland: Option<Userland>,
     guest_packages: GuestPackages,
@@ -80,6 +82,7 @@ impl Lab {
         Self {
             cache,
             backend,
+            vmm: None,
             guest_init,
             userland: None,
             guest_packages: GuestPackages::default(),
@@ -108,9 +111,28 @@ impl Lab {
         &self.cache
     }
 
-    /// The backend.
+    /// The backend (QEMU).
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+
+    /// Lets this lab run VMs in the lab's own VMM (`BackendKind::Vmm`): KVM probes use it,
+    /// so a kernel it can boot runs there and others fall back to QEMU.
+    pub fn set_vmm(&mut self, vmm: Box<dyn Backend>) {
+        self.vmm = Some(vmm);
+    }
+
+    /// Whether the lab's own VMM is available.
+    pub fn has_vmm(&self) -> bool {
+        self.vmm.is_some()
+    }
+
+    /// The backend that runs VMs booted with `opts` (QEMU when the VMM is not available).
+    pub fn backend_for(&self, opts: &BootOptions) -> &dyn Backend {
+        match (opts.backend, &self.vmm) {
+            (crate::vm::BackendKind::Vmm, Some(vmm)) => vmm.as_ref(),
+            _ => self.backend.as_ref(),
+        }
     }
 
     /// Resolves `-k`: fetches or builds on first use.
@@ -201,7 +223,7 @@ impl Lab {
         cancel: &'a Cancel,
     ) -> BootRequest<'a> {
         BootRequest {
-            backend: self.backend.as_ref(),
+            backend: self.backend_for(opts),
             name: &prepared.kernel.info.name,
             kernel: image,
             initrd: &prepared.initrd,
@@ -226,7 +248,11 @@ impl Lab {
             _ => None,
         };
         let mut verdicts = Verdicts::load(&path);
-        let key = accel::verdict_key(&prepared.kernel.info.id);
+        // Verdicts of the lab's own VMM and of QEMU are kept apart.
+        let mut key = accel::verdict_key(&prepared.kernel.info.id);
+        if self.vmm.is_some() {
+            key.push_str("+vmm");
+        }
         let mut probe = || {
             progress(&format!(
                 "probing whether KVM boots {} (once per kernel and host)",
@@ -267,6 +293,12 @@ impl Lab {
     fn probe_kvm(&self, prepared: &Prepared) -> Verdict {
         let opts = BootOptions {
             accel: Accel::Kvm,
+            // The lab's own VMM when there is one: what `auto` will run the kernel in.
+            backend: if self.vmm.is_some() {
+                crate::vm::BackendKind::Vmm
+            } else {
+                crate::vm::BackendKind::Qemu
+            },
             boot_timeout: Duration::from_secs(20),
             run_timeout: Some(Duration::from_secs(20)),
             boot_attempts: 1,

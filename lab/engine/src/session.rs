@@ -55,6 +55,8 @@ pub struct BootOptions {
     pub keep_workdir: bool,
     /// How long the agent may stay silent before it counts as lost.
     pub agent_silence: Duration,
+    /// Which VMM runs the VM (the lab's own needs `accel` KVM).
+    pub backend: crate::vm::BackendKind,
 }
 
 impl Default for BootOptions {
@@ -69,6 +71,7 @@ impl Default for BootOptions {
             extra_cmdline: Vec::new(),
             keep_workdir: false,
             agent_silence: AGENT_SILENCE,
+            backend: crate::vm::BackendKind::Qemu,
         }
     }
 }

@@ -28,6 +28,26 @@ impl Accel {
     }
 }
 
+/// Which VMM runs a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackendKind {
+    /// QEMU's microvm, with KVM or TCG.
+    #[default]
+    Qemu,
+    /// The lab's own microVM on KVM (lab-vmm), one process per VM.
+    Vmm,
+}
+
+impl BackendKind {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Qemu => "qemu",
+            Self::Vmm => "kvm",
+        }
+    }
+}
+
 /// Everything a backend needs to start one VM.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
