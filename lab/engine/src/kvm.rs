@@ -7,6 +7,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::mpsc::Sender;
@@ -90,7 +91,12 @@ impl Backend for KvmBackend {
             }
             None => Command::new(&self.vmm.program),
         };
-        command.args(self.args(spec)).current_dir(&spec.workdir);
+        // Its own process group: a terminal's Ctrl-C reaches lab, which tears the VM down in
+        // order; the parent-death signal still ends it if lab dies.
+        command
+            .args(self.args(spec))
+            .current_dir(&spec.workdir)
+            .process_group(0);
         process::spawn(
             process::VmProcess {
                 tag: spec.name.clone(),
