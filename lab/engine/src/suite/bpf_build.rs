@@ -25,9 +25,11 @@
 //! until the source or a recorded header changes.
 
 use std::fs;
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::suite::build_cache::{self, content_key, head, hex, parse_depfile};
 
 use sha2::{Digest, Sha256};
 
@@ -191,7 +193,7 @@ impl BpfBuilder {
         // A recorded build whose inputs are all unchanged.
         if let Ok(list) = fs::read_to_string(&deps_file) {
             let deps: Vec<PathBuf> = list.lines().map(PathBuf::from).collect();
-            if let Some(key) = object_key(&recipe, &deps) {
+            if let Some(key) = content_key(&recipe, &deps) {
                 let object = dir.join(format!("{key}.o"));
                 if object.is_file() {
                     return Ok(object);
@@ -218,7 +220,11 @@ impl BpfBuilder {
         if !output.status.success() {
             return Err(BpfBuildError::Compile {
                 path: source,
-                stderr: head(&String::from_utf8_lossy(&output.stderr), MAX_STDERR_BYTES),
+                stderr: head(
+                    &String::from_utf8_lossy(&output.stderr),
+                    MAX_STDERR_BYTES,
+                    "clang's",
+                ),
             });
         }
         let deps_text = fs::read_to_string(&depfile).map_err(|e| BpfBuildError::Read {
@@ -229,7 +235,7 @@ impl BpfBuilder {
         if !deps.contains(&source) {
             deps.insert(0, source.clone());
         }
-        let key = object_key(&recipe, &deps).ok_or_else(|| BpfBuildError::Read {
+        let key = content_key(&recipe, &deps).ok_or_else(|| BpfBuildError::Read {
             path: source.clone(),
             source: io::Error::new(ErrorKind::NotFound, "an included file vanished"),
         })?;
@@ -281,13 +287,8 @@ fn read(path: &Path) -> Result<Vec<u8>, BpfBuildError> {
     })
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BpfBuildError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| cache_error(dir, e))?;
-    file.write_all(bytes).map_err(|e| cache_error(path, e))?;
-    file.persist(path).map_err(|e| cache_error(path, e.error))?;
-    Ok(())
+    build_cache::write_atomically(path, bytes).map_err(|(p, e)| cache_error(&p, e))
 }
 
 /// The directory holding the built-in `lab/test.h`, written under the cache when missing or
@@ -300,79 +301,6 @@ fn builtin_include(dir: &Path) -> Result<PathBuf, BpfBuildError> {
         write_atomically(&header, LAB_TEST_H.as_bytes())?;
     }
     Ok(include)
-}
-
-/// The object's key: the recipe and every input's contents; `None` if one cannot be read.
-fn object_key(recipe: &str, deps: &[PathBuf]) -> Option<String> {
-    let mut key = Sha256::new();
-    key.update(recipe.as_bytes());
-    for dep in deps {
-        let contents = fs::read(dep).ok()?;
-        key.update([0]);
-        key.update(dep.as_os_str().as_encoded_bytes());
-        key.update([0]);
-        key.update(Sha256::digest(&contents));
-    }
-    Some(hex(&key.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The first `max` bytes of `text`, cut at a character boundary.
-fn head(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}\n[clang's output cut at {max} bytes]", &text[..end])
-}
-
-/// The prerequisites in a Make depfile (`target: dep dep \` …), unescaped: `\ ` is a space,
-/// `\#` a hash, `$$` a dollar, a backslash before a newline continues the line.
-fn parse_depfile(text: &str) -> Vec<PathBuf> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.peek() {
-                Some(' ' | '#') => word.extend(chars.next()),
-                Some('\n') => {
-                    chars.next();
-                    words.extend((!word.is_empty()).then(|| std::mem::take(&mut word)));
-                }
-                Some('\r') => {
-                    chars.next();
-                    if chars.peek() == Some(&'\n') {
-                        chars.next();
-                    }
-                    words.extend((!word.is_empty()).then(|| std::mem::take(&mut word)));
-                }
-                _ => word.push('\\'),
-            },
-            '$' if chars.peek() == Some(&'$') => {
-                chars.next();
-                word.push('$');
-            }
-            c if c.is_whitespace() => {
-                words.extend((!word.is_empty()).then(|| std::mem::take(&mut word)));
-            }
-            c => word.push(c),
-        }
-    }
-    words.extend((!word.is_empty()).then_some(word));
-    // Drop the target: everything up to the first word ending in an unescaped ':'.
-    let target_end = words
-        .iter()
-        .position(|w| w.ends_with(':'))
-        .map_or(0, |i| i + 1);
-    words.drain(..target_end);
-    words.into_iter().map(PathBuf::from).collect()
 }
 
 #[cfg(test)]
@@ -546,7 +474,10 @@ mod tests {
 
     #[test]
     fn cuts_long_stderr_at_a_character() {
-        assert_eq!(head("abc", 5), "abc");
-        assert_eq!(head("ééé", 3), "é\n[clang's output cut at 3 bytes]");
+        assert_eq!(head("abc", 5, "clang's"), "abc");
+        assert_eq!(
+            head("ééé", 3, "clang's"),
+            "é\n[clang's output cut at 3 bytes]"
+        );
     }
 }

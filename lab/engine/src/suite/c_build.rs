@@ -21,9 +21,11 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::suite::build_cache::{self, content_key, head, hex, parse_depfile};
 
 use sha2::{Digest, Sha256};
 
@@ -239,7 +241,7 @@ impl CBuilder {
         // A recorded build whose inputs are all unchanged.
         if let Ok(list) = fs::read_to_string(&deps_file) {
             let deps: Vec<PathBuf> = list.lines().map(PathBuf::from).collect();
-            if let Some(key) = output_key(&recipe, &deps) {
+            if let Some(key) = content_key(&recipe, &deps) {
                 let exe = dir.join(key).join(&exe_name);
                 if exe.is_file() {
                     return Ok(exe);
@@ -268,7 +270,11 @@ impl CBuilder {
                 _ => CBuildError::Spawn(e),
             })?;
         if !output.status.success() {
-            let stderr = head(&String::from_utf8_lossy(&output.stderr), MAX_STDERR_BYTES);
+            let stderr = head(
+                &String::from_utf8_lossy(&output.stderr),
+                MAX_STDERR_BYTES,
+                "the compiler's",
+            );
             return Err(if libbpf_missing(&stderr) {
                 CBuildError::NoLibbpf { stderr }
             } else {
@@ -288,7 +294,7 @@ impl CBuilder {
         if !deps.contains(&source) {
             deps.insert(0, source.clone());
         }
-        let key = output_key(&recipe, &deps).ok_or_else(|| {
+        let key = content_key(&recipe, &deps).ok_or_else(|| {
             read_error(
                 &source,
                 io::Error::new(ErrorKind::NotFound, "an included file vanished"),
@@ -347,82 +353,8 @@ fn cache_error(path: &Path, source: io::Error) -> CBuildError {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CBuildError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| cache_error(dir, e))?;
-    file.write_all(bytes).map_err(|e| cache_error(path, e))?;
-    file.persist(path).map_err(|e| cache_error(path, e.error))?;
-    Ok(())
-}
-
-/// The output's key: the recipe and every input's contents; `None` if one cannot be read.
-fn output_key(recipe: &str, deps: &[PathBuf]) -> Option<String> {
-    let mut key = Sha256::new();
-    key.update(recipe.as_bytes());
-    for dep in deps {
-        let contents = fs::read(dep).ok()?;
-        key.update([0]);
-        key.update(dep.as_os_str().as_encoded_bytes());
-        key.update([0]);
-        key.update(Sha256::digest(&contents));
-    }
-    Some(hex(&key.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The first `max` bytes of `text`, cut at a character boundary.
-fn head(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!(
-        "{}\n[the compiler's output cut at {max} bytes]",
-        &text[..end]
-    )
-}
-
-/// The prerequisites in a Make depfile (`target: dep dep \` …), unescaped: `\ ` is a space,
-/// `\#` a hash, `$$` a dollar, a backslash before a line end continues the line.
-fn parse_depfile(text: &str) -> Vec<PathBuf> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        let next = chars.peek().copied();
-        match (c, next) {
-            ('\\', Some(' ' | '#')) => word.extend(chars.next()),
-            ('\\', Some('\r' | '\n')) => {
-                while chars.peek().is_some_and(|c| *c == '\r' || *c == '\n') {
-                    chars.next();
-                }
-                words.extend((!word.is_empty()).then(|| std::mem::take(&mut word)));
-            }
-            ('$', Some('$')) => {
-                chars.next();
-                word.push('$');
-            }
-            (c, _) if c.is_whitespace() => {
-                words.extend((!word.is_empty()).then(|| std::mem::take(&mut word)));
-            }
-            (c, _) => word.push(c),
-        }
-    }
-    words.extend((!word.is_empty()).then_some(word));
-    // Drop the target: everything up to the first word ending in ':'.
-    let target_end = words
-        .iter()
-        .position(|w| w.ends_with(':'))
-        .map_or(0, |i| i + 1);
-    words.drain(..target_end);
-    words.into_iter().map(PathBuf::from).collect()
+    build_cache::write_atomically(path, bytes).map_err(|(p, e)| cache_error(&p, e))
 }
 
 #[cfg(test)]
@@ -689,7 +621,10 @@ mod tests {
 
     #[test]
     fn cuts_long_stderr_at_a_character() {
-        assert_eq!(head("abc", 5), "abc");
-        assert_eq!(head("ééé", 3), "é\n[the compiler's output cut at 3 bytes]");
+        assert_eq!(head("abc", 5, "the compiler's"), "abc");
+        assert_eq!(
+            head("ééé", 3, "the compiler's"),
+            "é\n[the compiler's output cut at 3 bytes]"
+        );
     }
 }
