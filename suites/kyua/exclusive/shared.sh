@@ -5,29 +5,10 @@
 # a live exclusive one did. Marks of dead processes (an interrupted run) are ignored. Where
 # every case gets a machine of its own the directory is never shared and all pass trivially.
 
-dir=/tmp/lab-exclusive
-
-# Prints the live marks of KIND (exclusive, shared or '*') other than ours.
-live_marks() {
-    for mark in "$dir"/$1.*; do
-        [ -e "$mark" ] || continue
-        pid=${mark##*.}
-        [ "$pid" = $$ ] && continue
-        kill -0 "$pid" 2>/dev/null && echo "${mark##*/}"
-    done
-}
-
-# hold KIND OTHERS SECONDS: marks this case as KIND for SECONDS, failing whenever a live mark
-# of OTHERS is there.
+# hold KIND OTHERS SECONDS: see marks.subr, beside this program.
 hold() {
-    mkdir -p "$dir"
-    atf_get ident > "$dir/$1.$$"
-    others=$(live_marks "$2")
-    [ -z "$others" ] || atf_fail "running beside $others"
-    sleep "$3"
-    others=$(live_marks "$2")
-    rm -f "$dir/$1.$$"
-    [ -z "$others" ] || atf_fail "running beside $others"
+    . "$(atf_get_srcdir)/marks.subr"
+    marks_hold "$@"
 }
 
 atf_test_case shared_a
