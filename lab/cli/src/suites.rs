@@ -88,6 +88,19 @@ impl Selection {
                 lab_model::Metadata::default(),
             ));
         }
+        let unmatched = scheduler::unmatched_filters(&programs, &filters);
+        if !unmatched.is_empty() {
+            return Err(BadInput(format!(
+                "no test program matches {} (arguments are Kyuafiles, directories holding one, \
+                 BPF objects, or PROGRAM[:CASE] filters relative to the suite root)",
+                unmatched
+                    .iter()
+                    .map(|f| format!("'{f}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        }
         Ok((programs, filters))
     }
 }

@@ -246,3 +246,16 @@ fn an_interrupted_test_run_reports_what_it_has_and_leaves_nothing() {
     assert!(text.trim_end().ends_with("Bail out! interrupted"), "{text}");
     s.assert_clean();
 }
+
+#[test]
+fn an_argument_that_names_nothing_is_bad_input_not_an_empty_green_run() {
+    let s = Scratch::new();
+    let out = s.run(&["test", "suites/kyau"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no test program matches 'suites/kyau'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+}

@@ -97,11 +97,7 @@ impl<'a> Context<'a> {
 
     /// Whether any case of `program` may pass the filters.
     pub(crate) fn selected_program(&self, program: &TestProgram) -> bool {
-        self.filters.is_empty()
-            || self.filters.iter().any(|f| {
-                let p = f.split_once(':').map_or(f.as_str(), |(p, _)| p);
-                glob_path(p, &program.path)
-            })
+        self.filters.is_empty() || self.filters.iter().any(|f| filter_names(f, program))
     }
 
     /// What runs in the guest: the program, or what lab built from it.
@@ -196,6 +192,13 @@ fn guest_dir(root: usize, program: &TestProgram) -> String {
 
 fn requirement(reason: String) -> TestResult {
     TestResult::skipped(reason).with_cause(Cause::Requirement)
+}
+
+/// Whether `filter` (`PROGRAM`, `PROGRAM:CASE`) names `program` (its cases may be known only
+/// once it is listed).
+pub(crate) fn filter_names(filter: &str, program: &TestProgram) -> bool {
+    let p = filter.split_once(':').map_or(filter, |(p, _)| p);
+    glob_path(p, &program.path)
 }
 
 /// `pattern` matches `path` exactly, or as a directory prefix, or with a trailing `*`.

@@ -39,6 +39,15 @@ pub struct Plan {
     pub unbuilt: Vec<(usize, String)>,
 }
 
+/// The `filters` that name none of `programs`: a typo would otherwise run nothing and pass.
+pub fn unmatched_filters<'f>(programs: &[TestProgram], filters: &'f [String]) -> Vec<&'f str> {
+    filters
+        .iter()
+        .filter(|f| !programs.iter().any(|p| executor::filter_names(f, p)))
+        .map(String::as_str)
+        .collect()
+}
+
 /// How to run it.
 #[derive(Debug, Clone)]
 pub struct Options {

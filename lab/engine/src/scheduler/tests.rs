@@ -452,3 +452,20 @@ fn a_program_that_did_not_build_is_broken_without_a_vm() {
         .unwrap_or("")
         .contains("unknown type name"));
 }
+
+#[test]
+fn filters_that_name_no_program_are_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let programs = suite(
+        dir.path(),
+        &[("atf_a", Interface::Atf), ("plain_ok", Interface::Plain)],
+    );
+    let filters: Vec<String> = ["atf_a:pass", "plain*", "plian_ok", "nope:case"]
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    assert_eq!(
+        unmatched_filters(&programs, &filters),
+        ["plian_ok", "nope:case"]
+    );
+}
