@@ -202,6 +202,21 @@ fn default_jobs() -> usize {
 pub fn test(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
     let (mut programs, filters) = args.select.load()?;
     let config = parse_vars(&args.vars)?;
+    if let Some(path) = &args.junit {
+        // Found out now, not after the run: the results must have somewhere to go.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(BadInput(format!(
+                "--junit {}: no such directory {}",
+                path.display(),
+                dir.display()
+            ))
+            .into());
+        }
+    }
     let mut lab = open_test_lab(&args.vm)?;
     let unbuilt = build_programs(&lab, &mut programs)?;
     let mut kernels = HashMap::new();
