@@ -19,7 +19,7 @@ use lab_engine::kvm::{KvmBackend, VmmProgram};
 use lab_engine::lab::Lab;
 use lab_engine::qemu::{QemuBackend, VsockBackend};
 use lab_engine::session::BootOptions;
-use lab_engine::vm::{Accel, BackendKind};
+use lab_engine::vm::{Accel, Backend, BackendError, BackendKind, MissingBackend};
 use lab_kernel::cache::Cache;
 
 /// The guest agent, built static by build.rs and carried inside this binary.
@@ -192,6 +192,11 @@ pub struct VmArgs {
     /// Boot attempts when the agent does not come up in time.
     #[arg(long, default_value_t = 2)]
     boot_attempts: u32,
+    /// Seconds the KVM probe of `--backend auto`/`--accel auto` gives a kernel to boot under
+    /// KVM (nested hosts boot slowly); a negative verdict made with a shorter deadline, or
+    /// older than a day, is probed again.
+    #[arg(long, env = "LAB_PROBE_TIMEOUT", default_value_t = lab_engine::accel::DEFAULT_PROBE_DEADLINE.as_secs())]
+    probe_timeout: u64,
     /// Extra kernel command-line words.
     #[arg(long = "append", value_name = "WORDS")]
     append: Vec<String>,
@@ -219,6 +224,14 @@ impl VmArgs {
         match (self.backend, accel) {
             (BackendArg::Kvm, _) | (BackendArg::Auto, Accel::Kvm) => BackendKind::Vmm,
             _ => BackendKind::Qemu,
+        }
+    }
+
+    /// The KVM probe's deadline and how long its verdicts are trusted.
+    fn probe_policy(&self) -> lab_engine::accel::ProbePolicy {
+        lab_engine::accel::ProbePolicy {
+            deadline: Duration::from_secs(self.probe_timeout.max(1)),
+            ..Default::default()
         }
     }
 
@@ -273,8 +286,24 @@ impl From<ChannelArg> for LabSetup {
 pub fn open_lab(setup: impl Into<LabSetup>) -> anyhow::Result<Lab> {
     let setup = setup.into();
     let cache = Cache::from_env()?;
-    let mut backend = QemuBackend::find()?;
-    if setup.channel == ChannelArg::Vsock {
+    let mut lab = Lab::new(cache, qemu_backend(setup.channel)?, GUEST_INIT);
+    lab.set_guest_packages(setup.guest_packages);
+    // The lab's own VMM (this program as `lab __vmm`): used where KVM boots the kernel in it.
+    lab.set_vmm(Box::new(vmm_backend()?));
+    Ok(lab)
+}
+
+/// QEMU as a backend, its agents on `channel`; where QEMU is not installed, a backend that
+/// says so when a VM needs it, so that the lab's own VMM runs without QEMU.
+pub fn qemu_backend(channel: ChannelArg) -> anyhow::Result<Box<dyn Backend>> {
+    let mut backend = match QemuBackend::find() {
+        Ok(b) => b.with_spawn_hook(lab_vmm::process::die_with_parent),
+        Err(BackendError::NotInstalled { program, package }) => {
+            return Ok(Box::new(MissingBackend::new("qemu", program, package)))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if channel == ChannelArg::Vsock {
         // The vsock backend is this very program, run with a hidden subcommand.
         let program = std::env::current_exe()?;
         backend = backend.with_vsock(VsockBackend {
@@ -282,19 +311,17 @@ pub fn open_lab(setup: impl Into<LabSetup>) -> anyhow::Result<Lab> {
             args: vec!["__vsock-backend".into()],
         });
     }
-    let mut lab = Lab::new(cache, Box::new(backend), GUEST_INIT);
-    lab.set_guest_packages(setup.guest_packages);
-    // The lab's own VMM (this program as `lab __vmm`): used where KVM boots the kernel in it.
-    lab.set_vmm(Box::new(vmm_backend()?));
-    Ok(lab)
+    Ok(Box::new(backend))
 }
 
-/// The lab's own VMM as a backend: this very program run as `lab __vmm`, one process per VM.
+/// The lab's own VMM as a backend: this very program run as `lab __vmm`, one process per VM,
+/// each dying with lab (its parent-death signal set by lab itself).
 pub fn vmm_backend() -> anyhow::Result<KvmBackend> {
     Ok(KvmBackend::new(VmmProgram {
         program: std::env::current_exe()?,
         args: vec!["__vmm".into()],
-    }))
+    })
+    .with_spawn_hook(lab_vmm::process::die_with_parent))
 }
 
 /// Installs SIGINT/SIGTERM handling: the first signal cancels the run (VMs are torn down, what

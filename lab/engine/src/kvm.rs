@@ -14,8 +14,8 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use crate::process;
-use crate::qemu::{which, AGENT_PORT, GUEST_CID};
-use crate::vm::{Backend, BackendError, Machine, VmEvent, VmSpec};
+use crate::qemu::{AGENT_PORT, GUEST_CID};
+use crate::vm::{Backend, BackendError, Machine, SpawnHook, VmEvent, VmSpec};
 
 /// How to start the VMM for a VM: a program that gets `--kernel K --initrd I --cmdline C
 /// --memory-mib M --cpus N --vsock-uds U --cid C` appended, runs the VM, and exits when it
@@ -32,17 +32,23 @@ pub struct VmmProgram {
 #[derive(Debug, Clone)]
 pub struct KvmBackend {
     vmm: VmmProgram,
-    pdeathsig: Option<PathBuf>,
+    spawn_hook: Option<SpawnHook>,
 }
 
 impl KvmBackend {
-    /// A backend running `vmm` per VM; the VMM dies with lab (parent-death signal through
-    /// util-linux's `setpriv` when present).
+    /// A backend running `vmm` per VM.
     pub fn new(vmm: VmmProgram) -> Self {
         Self {
             vmm,
-            pdeathsig: which("setpriv"),
+            spawn_hook: None,
         }
+    }
+
+    /// Applies `hook` to each VMM process before it is spawned (the CLI's parent-death signal,
+    /// so that the VMM dies with lab).
+    pub fn with_spawn_hook(mut self, hook: SpawnHook) -> Self {
+        self.spawn_hook = Some(hook);
+        self
     }
 
     /// The VMM's command line for `spec`.
@@ -83,14 +89,10 @@ impl Backend for KvmBackend {
         // The agent connects to host port AGENT_PORT: the hybrid socket's `<uds>_<port>`.
         let agent_socket = spec.workdir.join(format!("vsock.sock_{AGENT_PORT}"));
         let listener = UnixListener::bind(&agent_socket).map_err(BackendError::Spawn)?;
-        let mut command = match &self.pdeathsig {
-            Some(setpriv) => {
-                let mut c = Command::new(setpriv);
-                c.args(["--pdeathsig", "KILL", "--"]).arg(&self.vmm.program);
-                c
-            }
-            None => Command::new(&self.vmm.program),
-        };
+        let mut command = Command::new(&self.vmm.program);
+        if let Some(hook) = self.spawn_hook {
+            hook(&mut command);
+        }
         // Its own process group: a terminal's Ctrl-C reaches lab, which tears the VM down in
         // order; the parent-death signal still ends it if lab dies.
         command

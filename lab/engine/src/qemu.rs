@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::process::{self, MAX_STDERR};
-use crate::vm::{Accel, Backend, BackendError, Machine, VmEvent, VmSpec};
+use crate::vm::{Accel, Backend, BackendError, Machine, SpawnHook, VmEvent, VmSpec};
 
 /// The QEMU program lab runs, unless `LAB_QEMU` names another.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -22,7 +22,7 @@ pub const QEMU: &str = "qemu-system-x86_64";
 #[derive(Debug, Clone)]
 pub struct QemuBackend {
     binary: PathBuf,
-    pdeathsig: Option<PathBuf>,
+    spawn_hook: Option<SpawnHook>,
     vsock: Option<VsockBackend>,
 }
 
@@ -57,14 +57,19 @@ impl QemuBackend {
             program: name,
             package: "qemu-system-x86".into(),
         })?;
-        // util-linux's setpriv ties QEMU's life to lab's: if lab dies, even by SIGKILL, the
-        // kernel kills QEMU, so no VM outlives the run that started it.
-        let pdeathsig = which("setpriv");
         Ok(Self {
             binary,
-            pdeathsig,
+            spawn_hook: None,
             vsock: None,
         })
+    }
+
+    /// Applies `hook` to QEMU and its vsock backend before they are spawned (the CLI's
+    /// parent-death signal: if lab dies, even by SIGKILL, the kernel kills them, so no VM
+    /// outlives the run that started it).
+    pub fn with_spawn_hook(mut self, hook: SpawnHook) -> Self {
+        self.spawn_hook = Some(hook);
+        self
     }
 
     /// Carries the agent over the lab's own virtio-vsock device, served by `backend`, instead
@@ -83,16 +88,13 @@ impl QemuBackend {
         }
     }
 
-    /// `program args…` under `setpriv --pdeathsig KILL` when available: the child dies with lab.
+    /// `program`, with the spawn hook applied: the child dies with lab.
     fn command(&self, program: &Path) -> Command {
-        match &self.pdeathsig {
-            Some(setpriv) => {
-                let mut c = Command::new(setpriv);
-                c.args(["--pdeathsig", "KILL", "--"]).arg(program);
-                c
-            }
-            None => Command::new(program),
+        let mut c = Command::new(program);
+        if let Some(hook) = self.spawn_hook {
+            hook(&mut c);
         }
+        c
     }
 
     /// Starts the vsock backend for the VM of `spec` (sockets `vhost.sock` for QEMU and

@@ -109,6 +109,49 @@ pub enum BackendError {
     Spawn(#[source] std::io::Error),
 }
 
+/// A step applied to every VM process (and helper) a backend spawns, before it is spawned: the
+/// CLI passes one that gives the child lab's parent-death signal (`lab_vmm::process`), so that
+/// no VM outlives lab. The engine itself holds no `unsafe`.
+pub type SpawnHook = fn(&mut std::process::Command);
+
+/// A backend whose program is not installed here: every launch fails saying what to install.
+/// Lets lab run with the backends it has (the lab VMM without QEMU) and name the missing one
+/// only when a VM needs it.
+#[derive(Debug, Clone)]
+pub struct MissingBackend {
+    name: &'static str,
+    program: String,
+    package: String,
+}
+
+impl MissingBackend {
+    /// Backend `name`, whose `program` (from Debian's `package`) is missing.
+    pub fn new(name: &'static str, program: impl Into<String>, package: impl Into<String>) -> Self {
+        Self {
+            name,
+            program: program.into(),
+            package: package.into(),
+        }
+    }
+}
+
+impl Backend for MissingBackend {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn launch(
+        &self,
+        _spec: &VmSpec,
+        _events: Sender<VmEvent>,
+    ) -> Result<Box<dyn Machine>, BackendError> {
+        Err(BackendError::NotInstalled {
+            program: self.program.clone(),
+            package: self.package.clone(),
+        })
+    }
+}
+
 /// Starts VMs.
 pub trait Backend: Send + Sync {
     /// The backend's name ("qemu").

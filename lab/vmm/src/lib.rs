@@ -10,6 +10,7 @@ pub mod boot;
 pub mod builder;
 pub mod devices;
 pub mod event_loop;
+pub mod process;
 #[cfg(target_arch = "x86_64")]
 pub mod seccomp;
 pub mod vhost_user;
