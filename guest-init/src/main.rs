@@ -130,8 +130,8 @@ fn run(channel: &mut Option<Sender>) -> Result<(), Failure> {
         .render(),
     );
 
-    // A job given at boot (a file in the initramfs, or words after `--` on the command line)
-    // runs once as exec 0 and the VM ends; otherwise the agent serves lab's requests.
+    // A job given at boot (lab's file in the initramfs) runs once as exec 0 and the VM ends;
+    // otherwise the agent serves lab's requests.
     if let Some(job) = boot_job()? {
         let status = exec::run(0, &job, out, &reaper, &exec::Running::default())
             .map_err(|e| fail("job", e))?;
@@ -144,17 +144,15 @@ fn run(channel: &mut Option<Sender>) -> Result<(), Failure> {
     }
 }
 
-/// The job given at boot: the file in the initramfs, else the words after `--` on the kernel
-/// command line; none means serve requests.
+/// The job given at boot: lab's own file in the initramfs ([`lab_proto::JOB_PATH`]); none means
+/// serve requests. Arguments the kernel hands to init (command-line words it does not know,
+/// such as `noxsave` from `--append`) are never a job: they are not lab's to interpret.
 fn boot_job() -> Result<Option<Job>, Failure> {
     match std::fs::read(lab_proto::JOB_PATH) {
         Ok(bytes) => Job::decode(&bytes)
             .map(Some)
             .map_err(|e| fail("job", format!("{}: {e}", lab_proto::JOB_PATH))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let argv: Vec<String> = std::env::args().skip(1).collect();
-            Ok((!argv.is_empty()).then(|| Job::new(argv)))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(fail(
             "job",
             format!("cannot read {}: {e}", lab_proto::JOB_PATH),
