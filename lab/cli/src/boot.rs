@@ -95,7 +95,7 @@ pub fn prepare(
 ) -> anyhow::Result<(Prepared, lab_engine::vm::Accel)> {
     let progress = |line: &str| ui.progress(line);
     let prepared = lab.prepare(kernel, extras, &progress)?;
-    let choice = lab.choose_accel(&prepared, vm.accel_request(), &progress)?;
+    let choice = lab.choose_accel(&prepared, vm.accel_request(), vm.probe_policy(), &progress)?;
     let backend = vm.backend_kind(choice.accel);
     ui.progress(&format!(
         "booting {} ({}) on {}/{}: {}",

@@ -125,7 +125,12 @@ pub fn run(ui: &Ui, args: DoctorArgs) -> anyhow::Result<u8> {
         if args.reprobe {
             lab.forget_verdicts(Some(&prepared.kernel.info.id))?;
         }
-        let choice = lab.choose_accel(&prepared, AccelArg::Auto.request(), &progress)?;
+        let choice = lab.choose_accel(
+            &prepared,
+            AccelArg::Auto.request(),
+            lab_engine::accel::ProbePolicy::default(),
+            &progress,
+        )?;
         // `auto` runs a kernel in the lab's own VMM exactly when its KVM probe (made in that
         // VMM) booted it.
         let backend = match choice.accel {

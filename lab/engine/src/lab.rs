@@ -11,7 +11,9 @@ use lab_kernel::packages::{self, PackageError};
 use lab_kernel::Progress;
 use lab_proto::Job;
 
-use crate::accel::{self, AccelChoice, AccelRequest, KvmAccess, Verdict, Verdicts};
+use crate::accel::{
+    self, AccelChoice, AccelRequest, ChoiceInput, KvmAccess, ProbePolicy, Verdict, Verdicts,
+};
 use crate::cancel::Cancel;
 use crate::guest::{self, ExtraFile, GuestError, Userland};
 use crate::scratch;
@@ -232,12 +234,13 @@ impl Lab {
         }
     }
 
-    /// Chooses the accelerator for `prepared`, probing KVM with a real boot when the verdict is
-    /// not cached.
+    /// Chooses the accelerator for `prepared`, probing KVM with a real boot (within `policy`'s
+    /// deadline) when no cached verdict still holds.
     pub fn choose_accel(
         &self,
         prepared: &Prepared,
         request: AccelRequest,
+        policy: ProbePolicy,
         progress: Progress<'_>,
     ) -> Result<AccelChoice, LabError> {
         let path = self.cache.state_dir()?.join("kvm-verdicts.json");
@@ -255,18 +258,22 @@ impl Lab {
         }
         let mut probe = || {
             progress(&format!(
-                "probing whether KVM boots {} (once per kernel and host)",
-                prepared.kernel.info.name
+                "probing whether KVM boots {} within {}s (once per kernel and host)",
+                prepared.kernel.info.name,
+                policy.deadline.as_secs()
             ));
-            self.probe_kvm(prepared)
+            self.probe_kvm(prepared, policy.deadline)
         };
-        let (choice, fresh) = accel::choose(
+        let input = ChoiceInput {
             request,
-            &access,
-            &prepared.kernel.info.name,
-            verdicts.entries.get(&key),
-            &mut probe,
-        );
+            access: &access,
+            pvm: accel::kvm_is_pvm(),
+            kernel_name: &prepared.kernel.info.name,
+            cached: verdicts.entries.get(&key),
+            policy,
+            now_unix: catalog::now_unix(),
+        };
+        let (choice, fresh) = accel::choose(input, &mut probe);
         if let Some(v) = fresh {
             verdicts.entries.insert(key, v);
             // Only a cache: failing to save costs a probe next time, nothing else.
@@ -289,8 +296,8 @@ impl Lab {
         Ok(())
     }
 
-    /// Boots `prepared` under KVM running `true`, with a short timeout.
-    fn probe_kvm(&self, prepared: &Prepared) -> Verdict {
+    /// Boots `prepared` under KVM running `true`, the agent due within `deadline`.
+    fn probe_kvm(&self, prepared: &Prepared, deadline: Duration) -> Verdict {
         let opts = BootOptions {
             accel: Accel::Kvm,
             // The lab's own VMM when there is one: what `auto` will run the kernel in.
@@ -299,7 +306,7 @@ impl Lab {
             } else {
                 crate::vm::BackendKind::Qemu
             },
-            boot_timeout: Duration::from_secs(20),
+            boot_timeout: deadline,
             run_timeout: Some(Duration::from_secs(20)),
             boot_attempts: 1,
             ..BootOptions::default()
@@ -321,6 +328,7 @@ impl Lab {
             kvm_boots,
             detail,
             probed_unix: catalog::now_unix(),
+            deadline_secs: deadline.as_secs(),
         }
     }
 }
