@@ -511,6 +511,11 @@ impl Vm {
         self.boot_time
     }
 
+    /// The VM process's id (QEMU's, or the lab VMM's).
+    pub fn pid(&self) -> u32 {
+        self.machine.pid()
+    }
+
     /// Boot attempts it took.
     pub fn attempts(&self) -> u32 {
         self.attempts
