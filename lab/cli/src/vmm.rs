@@ -44,6 +44,9 @@ pub struct VmmArgs {
     /// Run without the seccomp filter (to debug the VMM).
     #[arg(long)]
     no_seccomp: bool,
+    /// Give the guest hardware virtualization (VMX/SVM) as this host's KVM supports it.
+    #[arg(long)]
+    nested: bool,
 }
 
 impl VmmArgs {
@@ -61,6 +64,7 @@ impl VmmArgs {
             console: Box::new(std::io::stdout()),
             diagnostics: Box::new(std::io::stderr()),
             seccomp: !self.no_seccomp,
+            nested: self.nested,
         }
     }
 }

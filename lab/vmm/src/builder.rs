@@ -28,7 +28,7 @@ use kvm_ioctls::IoEventAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi::{setup_acpi, AcpiConfig, AcpiError, SerialInfo, VirtioMmioInfo};
-use crate::arch::x86_64::cpuid::CpuidConfig;
+use crate::arch::x86_64::cpuid::{self, CpuidConfig};
 use crate::arch::x86_64::layout::MMIO32_START;
 use crate::boot::{self, BootError, BootSpec};
 use crate::devices::bus::{BusError, DeviceBuses, MmioBus, PioBus};
@@ -131,6 +131,9 @@ pub struct VmConfig {
     /// Install the seccomp filter before the guest runs. Off only to debug the VMM, and in
     /// tests that run in a process which must go on afterwards (the filter is permanent).
     pub seccomp: bool,
+    /// Give the guest hardware virtualization (VMX/SVM) as KVM supports it, so that it can
+    /// run KVM itself (see [`crate::arch::x86_64::cpuid`]).
+    pub nested: bool,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -143,6 +146,7 @@ impl std::fmt::Debug for VmConfig {
             .field("vcpus", &self.vcpus)
             .field("vsock", &self.vsock)
             .field("seccomp", &self.seccomp)
+            .field("nested", &self.nested)
             .finish_non_exhaustive()
     }
 }
@@ -172,6 +176,7 @@ pub fn run(config: VmConfig) -> Result<ExitReason, BuildError> {
         console,
         diagnostics,
         seccomp,
+        nested,
     } = config;
     let mem_size = memory_mib
         .checked_mul(1 << 20)
@@ -274,12 +279,17 @@ pub fn run(config: VmConfig) -> Result<ExitReason, BuildError> {
     )
     .map_err(BuildError::Boot)?;
 
-    // 4. vCPUs: CPUID shaped (hiding what an emulating host cannot run), boot registers.
+    // 4. vCPUs: CPUID shaped (hiding what an emulating host cannot run, and hardware
+    // virtualization unless nested), an AMD guest's PMU refused, boot registers.
     let supported = kvm.supported_cpuid().map_err(BuildError::Kvm)?;
     let cpuid = CpuidConfig {
         vcpu_count: vcpus,
         emulator_safe: Kvm::runs_kernel_in_emulator(),
+        nested,
     };
+    if cpuid::vendor(supported.as_slice()) == cpuid::Vendor::Amd {
+        vm.refuse_amd_pmu_msrs(&kvm).map_err(BuildError::Vm)?;
+    }
     let mut ready = Vec::with_capacity(usize::from(vcpus));
     for index in 0..vcpus {
         let vcpu = Vcpu::new(&vm, index).map_err(BuildError::Vcpu)?;
@@ -401,6 +411,7 @@ mod tests {
                 console: Box::new(std::io::sink()),
                 diagnostics: Box::new(std::io::sink()),
                 seccomp: false,
+                nested: false,
             })
             .expect_err("refused");
             assert!(

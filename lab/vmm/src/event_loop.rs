@@ -81,6 +81,7 @@ impl ExitReason {
             | VcpuExit::MmioRead { .. }
             | VcpuExit::MmioWrite { .. }
             | VcpuExit::Interrupted
+            | VcpuExit::MsrRefused { .. }
             | VcpuExit::Stopped => return None,
         })
     }

@@ -132,6 +132,7 @@ impl Probe {
             console: Box::new(self.console.clone()),
             diagnostics: Box::new(std::io::stderr()),
             seccomp: false,
+            nested: false,
         }
     }
 
@@ -331,6 +332,7 @@ fn a_whole_vm_runs_under_the_seccomp_filter() {
             console: Box::new(console.clone()),
             diagnostics: Box::new(std::io::stderr()),
             seccomp: true,
+            nested: false,
         };
         let reason = run(config).expect("runs");
         println!("reason: {reason:?}");

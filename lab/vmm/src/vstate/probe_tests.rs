@@ -108,6 +108,7 @@ fn cpuid_config(vcpu_count: u8) -> CpuidConfig {
     CpuidConfig {
         vcpu_count,
         emulator_safe: Kvm::runs_kernel_in_emulator(),
+        nested: false,
     }
 }
 

@@ -146,6 +146,14 @@ pub enum VcpuExit {
     SystemEvent(SystemEvent),
     /// KVM_RUN was interrupted by a signal or a kick; nothing happened in the guest.
     Interrupted,
+    /// The guest accessed an MSR the VM's filter denies (see `Vm::refuse_amd_pmu_msrs`); the
+    /// access was refused with #GP, as on hardware without that MSR, and the vCPU goes on.
+    MsrRefused {
+        /// The MSR.
+        index: u32,
+        /// Whether it was a write.
+        write: bool,
+    },
     /// The loop saw its stop flag (only from [`VcpuHandle::join`]).
     Stopped,
     /// Any other exit reason (`KVM_EXIT_*` number), which the VMM does not handle.
@@ -165,6 +173,12 @@ impl VcpuExit {
                 | VcpuExit::MmioRead { .. }
                 | VcpuExit::MmioWrite { .. }
         )
+    }
+
+    /// Whether the run loop carries on after this exit: a bus access, a refused MSR, or an
+    /// interruption.
+    pub fn continues(&self) -> bool {
+        self.is_bus_access() || matches!(self, VcpuExit::Interrupted | VcpuExit::MsrRefused { .. })
     }
 }
 
@@ -266,6 +280,21 @@ impl Vcpu {
                 kvm_ioctls::VcpuExit::SystemEvent(kind, _) => {
                     After::Done(VcpuExit::SystemEvent(system_event(kind)))
                 }
+                kvm_ioctls::VcpuExit::X86Rdmsr(exit) => {
+                    // Only filtered MSRs exit here: refuse them as absent hardware would.
+                    *exit.error = 1;
+                    After::Done(VcpuExit::MsrRefused {
+                        index: exit.index,
+                        write: false,
+                    })
+                }
+                kvm_ioctls::VcpuExit::X86Wrmsr(exit) => {
+                    *exit.error = 1;
+                    After::Done(VcpuExit::MsrRefused {
+                        index: exit.index,
+                        write: true,
+                    })
+                }
                 kvm_ioctls::VcpuExit::InternalError => After::InternalError,
                 kvm_ioctls::VcpuExit::Intr => After::Interrupted,
                 _ => After::Unhandled,
@@ -335,7 +364,7 @@ impl Vcpu {
                 return Ok(VcpuExit::Stopped);
             }
             let exit = self.run_once(bus)?;
-            if !exit.is_bus_access() && exit != VcpuExit::Interrupted {
+            if !exit.continues() {
                 return Ok(exit);
             }
         }

@@ -25,6 +25,11 @@ pub enum VmError {
     TooManyRegions(usize),
 }
 
+/// AMD's legacy K7 performance counters: (first MSR, count) — PERFEVTSEL0..3, PERFCTR0..3.
+pub const AMD_K7_PMU_MSRS: (u32, u32) = (0xc001_0000, 8);
+/// AMD's family 15h core performance counters: (first MSR, count) — six select/counter pairs.
+pub const AMD_F15H_PMU_MSRS: (u32, u32) = (0xc001_0200, 12);
+
 /// A KVM VM.
 #[derive(Debug)]
 pub struct Vm {
@@ -107,6 +112,53 @@ impl Vm {
         self.fd
             .register_irqfd(event, gsi)
             .map_err(|e| VmError::Ioctl("register irqfd", e))
+    }
+
+    /// Makes the guest's accesses to AMD's performance-counter MSRs fail with #GP, the way
+    /// hardware without them behaves: the legacy K7 counters (0xc001_0000..=0xc001_0007) and
+    /// the family 15h core counters (0xc001_0200..=0xc001_020b). AMD has no CPUID bit to hide
+    /// the former, and Linux probes them at boot; refused, it runs without a PMU ("PMU not
+    /// available due to virtualization") instead of making the host's KVM log unhandled MSR
+    /// writes. The accesses exit to the VMM ([`crate::vstate::VcpuExit::MsrRefused`]).
+    ///
+    /// Returns false, changing nothing, where KVM lacks user-space MSR exits or MSR filters
+    /// (before Linux 5.10): the guest then probes the counters as before.
+    pub fn refuse_amd_pmu_msrs(&self, kvm: &Kvm) -> Result<bool, VmError> {
+        use kvm_bindings::{
+            kvm_enable_cap, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
+        };
+        use kvm_ioctls::{Cap, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
+        if !kvm.fd().check_extension(Cap::X86UserSpaceMsr)
+            || !kvm.fd().check_extension(Cap::X86MsrFilter)
+        {
+            return Ok(false);
+        }
+        let cap = kvm_enable_cap {
+            cap: KVM_CAP_X86_USER_SPACE_MSR,
+            args: [u64::from(KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+            ..Default::default()
+        };
+        self.fd
+            .enable_cap(&cap)
+            .map_err(|e| VmError::Ioctl("enable user-space msr exits", e))?;
+        // Every bit 0: each MSR of a range denied for reads and writes.
+        let denied = [0u8; 2];
+        let range = |base, msr_count| MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base,
+            msr_count,
+            bitmap: &denied,
+        };
+        self.fd
+            .set_msr_filter(
+                MsrFilterDefaultAction::ALLOW,
+                &[
+                    range(AMD_K7_PMU_MSRS.0, AMD_K7_PMU_MSRS.1),
+                    range(AMD_F15H_PMU_MSRS.0, AMD_F15H_PMU_MSRS.1),
+                ],
+            )
+            .map_err(|e| VmError::Ioctl("set the msr filter", e))?;
+        Ok(true)
     }
 
     /// The raw VM fd, for ioctls this type does not wrap (ioeventfds, for one).

@@ -6,15 +6,31 @@
 //! | leaf                | change                                                               |
 //! |---------------------|----------------------------------------------------------------------|
 //! | 0x1 EBX             | initial APIC id = vCPU index; logical count = vCPUs; CLFLUSH 64 bytes |
-//! | 0x1 ECX             | hypervisor bit set; VMX/SMX (no nested virt), DTES64, MONITOR, DS-CPL, EST, TM2, xTPR, PDCM cleared (no such hardware to manage) |
+//! | 0x1 ECX             | hypervisor bit set; SMX, DTES64, MONITOR, DS-CPL, EST, TM2, xTPR, PDCM cleared (no such hardware to manage); VMX cleared unless nested |
 //! | 0x1 EDX             | HTT set when there is more than one vCPU                             |
 //! | 0x4 (Intel)         | cores per package = vCPUs; L1/L2 private, L3 shared by all vCPUs     |
 //! | 0x6                 | zeroed: no thermal or power management                               |
-//! | 0xA                 | zeroed: no virtual PMU (keeps guests off perf MSRs)                  |
+//! | 0xA                 | zeroed: no virtual PMU (keeps Intel guests off perf MSRs)            |
 //! | 0xB, 0x1F           | rebuilt: 1 thread per core, vCPUs cores per package, x2APIC id = index |
 //! | 0x4000_0000         | "KVMKVMKVM\0\0\0", max hypervisor leaf 0x4000_0001                   |
+//! | 0x8000_0001 ECX     | SVM cleared unless nested; PERFCTR_CORE, PERFCTR_NB, PERFCTR_LLC cleared (no PMU) |
 //! | 0x8000_0008 (AMD)   | ECX NC = vCPUs - 1                                                   |
+//! | 0x8000_000A         | (SVM features) dropped unless nested                                 |
+//! | 0x8000_0022         | (AMD PerfMonV2) dropped: no PMU                                      |
 //! | 0x8000_001E (AMD)   | extended APIC id = core id = index, one thread per core, node 0     |
+//!
+//! # Nested virtualization ([`CpuidConfig::nested`])
+//!
+//! By default a guest is told it has no hardware virtualization: VMX and SVM are hidden, so a
+//! guest kernel never loads kvm_intel/kvm_amd by surprise. With `nested`, what KVM can
+//! virtualize (VMX with KVM's nested VMX MSRs, or SVM and its leaf 0x8000_000A) is passed
+//! through as KVM_GET_SUPPORTED_CPUID reports it: present exactly when the host's
+//! kvm_intel/kvm_amd runs with `nested=1`.
+//!
+//! AMD has no CPUID bit that removes the legacy K7 performance counters (MSRs
+//! 0xc001_0000..0xc001_0007), which Linux probes at boot; the VM refuses them with #GP
+//! through an MSR filter (see `Vm::refuse_amd_pmu_msrs`), so the guest says "PMU not
+//! available due to virtualization" and the host's KVM logs no unhandled WRMSR.
 //!
 //! # The emulator-safe mask ([`CpuidConfig::emulator_safe`])
 //!
@@ -58,6 +74,8 @@ pub struct CpuidConfig {
     pub vcpu_count: u8,
     /// Hide what an instruction-emulating host cannot run (see the module docs).
     pub emulator_safe: bool,
+    /// Pass hardware virtualization (VMX or SVM) through, as KVM supports it.
+    pub nested: bool,
 }
 
 /// The CPU vendor, from leaf 0.
@@ -92,6 +110,24 @@ mod leaf1_ecx {
     pub const HYPERVISOR: u32 = 1 << 31;
 }
 
+/// Leaf 0x8000_0001 ECX bits.
+mod leaf_ext1_ecx {
+    pub const SVM: u32 = 1 << 2;
+    pub const PERFCTR_CORE: u32 = 1 << 23;
+    pub const PERFCTR_NB: u32 = 1 << 24;
+    pub const PERFCTR_LLC: u32 = 1 << 28;
+}
+
+/// Leaf 0x8000_0001 ECX bits cleared on every host: the AMD PMU extensions.
+pub const LEAF_EXT1_ECX_PMU: u32 =
+    leaf_ext1_ecx::PERFCTR_CORE | leaf_ext1_ecx::PERFCTR_NB | leaf_ext1_ecx::PERFCTR_LLC;
+
+/// Leaf 0x8000_0001 ECX bit of AMD's SVM (cleared unless nested).
+pub const LEAF_EXT1_ECX_SVM: u32 = leaf_ext1_ecx::SVM;
+
+/// Leaf 0x1 ECX bit of Intel's VMX (cleared unless nested).
+pub const LEAF1_ECX_VMX: u32 = leaf1_ecx::VMX;
+
 /// Leaf 0x7 subleaf 0 EBX bits.
 mod leaf7_ebx {
     pub const AVX2: u32 = 1 << 5;
@@ -104,7 +140,6 @@ mod leaf7_ebx {
 pub const LEAF1_ECX_ALWAYS_CLEARED: u32 = leaf1_ecx::DTES64
     | leaf1_ecx::MONITOR
     | leaf1_ecx::DS_CPL
-    | leaf1_ecx::VMX
     | leaf1_ecx::SMX
     | leaf1_ecx::EST
     | leaf1_ecx::TM2
@@ -175,6 +210,9 @@ pub fn shape_entries(
             0x1 => {
                 e.ebx = (id << 24) | (count << 16) | (8 << 8) | (e.ebx & 0xff);
                 e.ecx &= !LEAF1_ECX_ALWAYS_CLEARED;
+                if !config.nested {
+                    e.ecx &= !LEAF1_ECX_VMX;
+                }
                 e.ecx |= leaf1_ecx::HYPERVISOR;
                 if config.emulator_safe {
                     e.ecx &= !LEAF1_ECX_EMULATOR_CLEARED;
@@ -200,6 +238,14 @@ pub fn shape_entries(
             0xd if config.emulator_safe => continue,
             // Rebuilt below, once, from the vCPU count.
             0xb | 0x1f | 0x4000_0000 => continue,
+            0x8000_0001 => {
+                e.ecx &= !LEAF_EXT1_ECX_PMU;
+                if !config.nested {
+                    e.ecx &= !LEAF_EXT1_ECX_SVM;
+                }
+            }
+            0x8000_000a if !config.nested => continue,
+            0x8000_0022 => continue,
             0x8000_0008 if vendor == Vendor::Amd => {
                 e.ecx = (e.ecx & !0xf0ff) | ((count - 1) & 0xff);
             }
@@ -303,6 +349,75 @@ mod tests {
         CpuidConfig {
             vcpu_count,
             emulator_safe,
+            nested: false,
+        }
+    }
+
+    /// A small AMD table with SVM, its feature leaf, the PMU extensions and PerfMonV2.
+    fn fake_amd() -> Vec<kvm_cpuid_entry2> {
+        let amd = *b"AuthenticAMD";
+        let word = |i: usize| u32::from_le_bytes([amd[i], amd[i + 1], amd[i + 2], amd[i + 3]]);
+        vec![
+            entry(0, 0, [0x10, word(0), word(8), word(4)]),
+            entry(1, 0, [0x00a0_0f11, 0, 0xffff_ffff, 0xffff_ffff]),
+            entry(0x8000_0000, 0, [0x8000_0022, 0, 0, 0]),
+            entry(0x8000_0001, 0, [0, 0, 0xffff_ffff, 0xffff_ffff]),
+            entry(0x8000_000a, 0, [1, 0x8000, 0, 0x1_b6ff]),
+            entry(0x8000_0022, 0, [1, 0x15, 0, 0]),
+        ]
+    }
+
+    #[test]
+    fn hardware_virtualization_is_hidden_unless_nested() {
+        let amd = shape_entries(&fake_amd(), 0, config(1, false)).expect("shape");
+        let ext1 = find(&amd, 0x8000_0001, 0);
+        assert_eq!(ext1.ecx & LEAF_EXT1_ECX_SVM, 0, "svm hidden");
+        assert!(
+            amd.iter().all(|e| e.function != 0x8000_000a),
+            "svm leaf dropped"
+        );
+        let intel = shape_entries(&fake_intel(), 0, config(1, false)).expect("shape");
+        assert_eq!(find(&intel, 1, 0).ecx & LEAF1_ECX_VMX, 0, "vmx hidden");
+
+        let nested = CpuidConfig {
+            nested: true,
+            ..config(1, false)
+        };
+        let amd = shape_entries(&fake_amd(), 0, nested).expect("shape");
+        assert_ne!(find(&amd, 0x8000_0001, 0).ecx & LEAF_EXT1_ECX_SVM, 0);
+        assert_eq!(
+            find(&amd, 0x8000_000a, 0).edx,
+            0x1_b6ff,
+            "svm features as kvm has them"
+        );
+        let intel = shape_entries(&fake_intel(), 0, nested).expect("shape");
+        assert_ne!(find(&intel, 1, 0).ecx & LEAF1_ECX_VMX, 0);
+        // What KVM does not offer is not invented.
+        let mut no_svm = fake_amd();
+        no_svm.retain(|e| e.function != 0x8000_000a);
+        for e in &mut no_svm {
+            if e.function == 0x8000_0001 {
+                e.ecx &= !LEAF_EXT1_ECX_SVM;
+            }
+        }
+        let out = shape_entries(&no_svm, 0, nested).expect("shape");
+        assert_eq!(find(&out, 0x8000_0001, 0).ecx & LEAF_EXT1_ECX_SVM, 0);
+    }
+
+    #[test]
+    fn the_amd_pmu_extensions_are_hidden() {
+        for nested in [false, true] {
+            let cfg = CpuidConfig {
+                nested,
+                ..config(2, false)
+            };
+            let out = shape_entries(&fake_amd(), 1, cfg).expect("shape");
+            assert_eq!(find(&out, 0x8000_0001, 0).ecx & LEAF_EXT1_ECX_PMU, 0);
+            assert!(
+                out.iter().all(|e| e.function != 0x8000_0022),
+                "perfmon v2 dropped"
+            );
+            assert_ne!(find(&out, 0x8000_0001, 0).ecx & 1, 0, "unrelated bits stay");
         }
     }
 
