@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::channel::Sender;
 use crate::exec::{self, Running};
+use crate::fetch::Fetches;
 use crate::reaper::Reaper;
 use crate::sys;
 
@@ -31,8 +32,8 @@ pub enum End {
     ChannelClosed(String),
 }
 
-/// A put in progress.
-struct Put {
+/// A file being written from lab's chunks: a put, or a module fetched on demand.
+pub(crate) struct Put {
     path: PathBuf,
     partial: PathBuf,
     file: File,
@@ -43,8 +44,30 @@ struct Put {
     sha256: [u8; 32],
 }
 
-/// Serves requests from `input` until shutdown or the channel ends.
-pub fn serve(mut input: File, out: &Sender, reaper: &Reaper) -> End {
+impl Put {
+    /// Appends `data`; fails (and the caller drops the put) when it is more than announced or
+    /// the write fails.
+    pub(crate) fn write(&mut self, data: &[u8]) -> Result<(), String> {
+        if self.written + data.len() as u64 > self.size {
+            return Err(format!("{}: more data than announced", self.path.display()));
+        }
+        self.file
+            .write_all(data)
+            .map_err(|e| format!("{}: write failed: {e}", self.path.display()))?;
+        self.written += data.len() as u64;
+        self.hash.update(data);
+        Ok(())
+    }
+
+    /// Abandons the put, removing its partial file.
+    pub(crate) fn discard(self) {
+        let _ = fs::remove_file(&self.partial);
+    }
+}
+
+/// Serves requests from `input` until shutdown or the channel ends; module files lab sends for
+/// the guest's modprobe go to `fetches`.
+pub fn serve(mut input: File, out: &Sender, reaper: &Reaper, fetches: Option<&Fetches>) -> End {
     let beat = out.clone();
     let _ = std::thread::Builder::new()
         .name("heartbeat".into())
@@ -118,21 +141,13 @@ pub fn serve(mut input: File, out: &Sender, reaper: &Reaper) -> End {
             },
             HostMessage::PutData { id, data } => {
                 if let Some(put) = puts.get_mut(&id) {
-                    let fits = put.written + data.len() as u64 <= put.size;
-                    let wrote = fits && put.file.write_all(&data).is_ok();
-                    if wrote {
-                        put.written += data.len() as u64;
-                        put.hash.update(&data);
-                    } else if let Some(put) = puts.remove(&id) {
-                        let _ = fs::remove_file(&put.partial);
-                        let why = if fits {
-                            "write failed"
-                        } else {
-                            "more data than announced"
-                        };
+                    if let Err(why) = put.write(&data) {
+                        if let Some(put) = puts.remove(&id) {
+                            put.discard();
+                        }
                         let _ = out.send(&GuestMessage::Error {
                             id,
-                            message: format!("put {}: {why}", put.path.display()),
+                            message: format!("put {why}"),
                         });
                     }
                 }
@@ -166,9 +181,29 @@ pub fn serve(mut input: File, out: &Sender, reaper: &Reaper) -> End {
                     });
                 }
             }
+            HostMessage::ModuleStart { id, size, sha256 } => {
+                if let Some(f) = fetches {
+                    f.on_start(id, size, sha256);
+                }
+            }
+            HostMessage::ModuleData { id, data } => {
+                if let Some(f) = fetches {
+                    f.on_data(id, &data);
+                }
+            }
+            HostMessage::ModuleEnd { id } => {
+                if let Some(f) = fetches {
+                    f.on_end(id);
+                }
+            }
+            HostMessage::ModuleUnavailable { id, message } => {
+                if let Some(f) = fetches {
+                    f.on_unavailable(id, message);
+                }
+            }
             HostMessage::Shutdown => {
                 for put in puts.into_values() {
-                    let _ = fs::remove_file(&put.partial);
+                    put.discard();
                 }
                 return End::Shutdown;
             }
@@ -176,7 +211,7 @@ pub fn serve(mut input: File, out: &Sender, reaper: &Reaper) -> End {
     }
 }
 
-fn start_put(path: &str, mode: u32, size: u64, sha256: [u8; 32]) -> io::Result<Put> {
+pub(crate) fn start_put(path: &str, mode: u32, size: u64, sha256: [u8; 32]) -> io::Result<Put> {
     let target = Path::new(path);
     if !target.is_absolute()
         || target
@@ -208,7 +243,7 @@ fn start_put(path: &str, mode: u32, size: u64, sha256: [u8; 32]) -> io::Result<P
     })
 }
 
-fn finish_put(put: Put) -> Result<(), String> {
+pub(crate) fn finish_put(put: Put) -> Result<(), String> {
     let Put {
         path,
         partial,

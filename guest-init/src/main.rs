@@ -11,7 +11,9 @@ mod agent;
 mod bpf;
 mod channel;
 mod exec;
+mod fetch;
 mod jail;
+mod modprobe;
 mod modules;
 mod mounts;
 mod reaper;
@@ -44,8 +46,21 @@ fn console(line: &str) {
 }
 
 fn main() {
-    // Multi-call: `/init bpf ...` run as an ordinary process is the eBPF test runner.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Multi-call: run as `/sbin/modprobe` (by the kernel's request_module, or by a user), the
+    // guest's modprobe.
+    let called = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "modprobe");
+    if called {
+        let rest: Vec<String> = args[1..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        std::process::exit(modprobe::main(&rest));
+    }
+    // Multi-call: `/init bpf ...` run as an ordinary process is the eBPF test runner.
     if std::process::id() != 1 && args.get(1).is_some_and(|a| a == "bpf") {
         std::process::exit(bpf::main(&args[2..]));
     }
@@ -94,9 +109,13 @@ fn run(channel: &mut Option<Sender>) -> Result<(), Failure> {
         sys::reopen_console().map_err(|e| fail("console", e))?;
     }
     let release = sys::kernel_release();
-    let module_notes = modules::load_all(&release);
-    let reaper = reaper::Reaper::start().map_err(|e| fail("reaper", e))?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let mut module_notes = modules::load_all(&release);
+    if param(&cmdline, "lab.nested").as_deref() == Some("1") {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        module_notes.extend(modules::load_nested(&release, &cpuinfo));
+    }
+    let reaper = reaper::Reaper::start().map_err(|e| fail("reaper", e))?;
     let spec = param(&cmdline, "lab.channel").unwrap_or(lab_proto::DEFAULT_CHANNEL.to_string());
     let endpoint = channel::Endpoint::parse(&spec).map_err(|e| fail("channel", e))?;
     let (input, out) = channel::open(&endpoint)
@@ -115,6 +134,7 @@ fn run(channel: &mut Option<Sender>) -> Result<(), Failure> {
             "heartbeat".into(),
             "jail".into(),
             "workdir".into(),
+            "modules".into(),
         ],
     })
     .map_err(|e| fail("channel", e))?;
@@ -138,7 +158,19 @@ fn run(channel: &mut Option<Sender>) -> Result<(), Failure> {
         console(&Marker::Exit(status).render());
         return Ok(());
     }
-    match agent::serve(input, out, &reaper) {
+    // Modules the image lacks are fetched from lab for the guest's modprobe; without the
+    // service, modprobe still loads what the image carries.
+    let dir = format!("/lib/modules/{}", sys::kernel_release());
+    let fetches = match fetch::Fetches::start(out, dir) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            let _ = out.send(&GuestMessage::Log {
+                line: format!("modules on demand unavailable: {e}"),
+            });
+            None
+        }
+    };
+    match agent::serve(input, out, &reaper, fetches.as_ref()) {
         agent::End::Shutdown => Ok(()),
         agent::End::ChannelClosed(why) => Err(fail("channel", format!("lab went away: {why}"))),
     }

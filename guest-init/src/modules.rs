@@ -1,108 +1,106 @@
-//! Loads the kernel modules the initramfs carries, in the order of their `modules.dep`
-//! (dependencies before dependants), before any job runs.
+//! Loads the kernel modules a guest needs at boot, before any job runs: those named in lab's
+//! boot list (`/lab/modules.boot`: the agent channel's, then `--module`'s), each with its
+//! dependencies through [`crate::modprobe`], from the files the image carries; and for a
+//! nested guest, the kvm module its CPU calls for. An image without a boot list (an older
+//! lab's layout) has every module of its `modules.dep` loaded in order.
 
-use std::collections::{HashMap, HashSet};
-use std::fs::File;
-
+use crate::modprobe::{self, LocalOnly, ModDb, Resolved};
 use crate::sys;
 
-/// Loads every module listed in `/lib/modules/<release>/modules.dep`; returns one note per
-/// module loaded or failed. A missing modules.dep means there is nothing to load.
+/// lab's boot list (see `lab_engine::guest::BOOT_MODULES`).
+const BOOT_LIST: &str = "/lab/modules.boot";
+
+/// Loads the boot modules of kernel `release`; returns one note per module loaded or failed.
 pub fn load_all(release: &str) -> Vec<String> {
-    let dir = format!("/lib/modules/{release}");
-    let Ok(text) = std::fs::read_to_string(format!("{dir}/modules.dep")) else {
-        return Vec::new();
+    let db = ModDb::load(release);
+    let names: Vec<String> = match std::fs::read_to_string(BOOT_LIST) {
+        Ok(text) => text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect(),
+        Err(_) => db.all().to_vec(),
     };
-    let deps = parse(&text);
-    let mut order = Vec::new();
-    let mut seen = HashSet::new();
-    for (module, _) in &deps.lines {
-        visit(module, &deps.map, &mut seen, &mut order, 0);
-    }
     let mut notes = Vec::new();
-    for module in order {
-        let path = format!("{dir}/{module}");
-        let result = File::open(&path).and_then(|f| sys::finit_module(&f));
-        match result {
-            Ok(()) => notes.push(format!("loaded {module}")),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => notes.push(format!("failed to load {module}: {e}")),
-        }
+    for name in names {
+        load_one(&db, &name, &mut notes);
     }
     notes
 }
 
-struct Deps {
-    lines: Vec<(String, Vec<String>)>,
-    map: HashMap<String, Vec<String>>,
+/// Loads `name` (a module or an alias) with its dependencies, noting what happened.
+fn load_one(db: &ModDb, name: &str, notes: &mut Vec<String>) {
+    let modules = match db.resolve(name) {
+        Resolved::Modules(m) => m,
+        Resolved::Builtin => return,
+        // No index (a kernel without loadable modules): it may be built in all the same.
+        Resolved::Unknown if modprobe::is_loaded(name) || builtin_in_sysfs(name) => return,
+        Resolved::Unknown => {
+            notes.push(format!(
+                "failed to load {name}: no such module in this kernel"
+            ));
+            return;
+        }
+    };
+    for module in modules {
+        match modprobe::load(db, &module, "", &LocalOnly) {
+            Ok(loaded) => notes.extend(loaded.into_iter().map(|m| format!("loaded {m}"))),
+            Err(e) => notes.push(format!("failed to load {module}: {e}")),
+        }
+    }
 }
 
-fn parse(text: &str) -> Deps {
-    let mut lines = Vec::new();
-    for line in text.lines() {
-        let Some((module, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let deps: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
-        lines.push((module.trim().to_string(), deps));
-    }
-    let map = lines.iter().cloned().collect();
-    Deps { lines, map }
+/// Whether `/sys/module/<name>` exists: built-in modules with parameters appear there.
+fn builtin_in_sysfs(name: &str) -> bool {
+    sys::exists(&format!("/sys/module/{}", modprobe::normalise(name)))
 }
 
-/// Depth-first: dependencies first. The depth bound stops a cyclic modules.dep.
-fn visit(
-    module: &str,
-    map: &HashMap<String, Vec<String>>,
-    seen: &mut HashSet<String>,
-    order: &mut Vec<String>,
-    depth: usize,
-) {
-    if depth > 64 || !seen.insert(module.to_string()) {
-        return;
+/// For a guest booted with nested virtualization (`lab.nested=1`): loads kvm_amd or kvm_intel,
+/// whichever the CPU's flags (svm, vmx) call for, so that /dev/kvm exists before any job.
+pub fn load_nested(release: &str, cpuinfo: &str) -> Vec<String> {
+    let Some(module) = kvm_module_for(cpuinfo) else {
+        return vec![
+            "nested virtualization asked for, but the CPU has neither svm nor vmx".to_string(),
+        ];
+    };
+    let db = ModDb::load(release);
+    let mut notes = Vec::new();
+    load_one(&db, module, &mut notes);
+    if !sys::exists("/dev/kvm") {
+        notes.push(format!("no /dev/kvm after loading {module}"));
     }
-    for dep in map.get(module).into_iter().flatten() {
-        visit(dep, map, seen, order, depth + 1);
+    notes
+}
+
+/// The kvm module for a CPU whose `/proc/cpuinfo` is `cpuinfo`.
+pub fn kvm_module_for(cpuinfo: &str) -> Option<&'static str> {
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))?
+        .split_once(':')?
+        .1;
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    if has("svm") {
+        Some("kvm_amd")
+    } else if has("vmx") {
+        Some("kvm_intel")
+    } else {
+        None
     }
-    order.push(module.to_string());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn order(text: &str) -> Vec<String> {
-        let deps = parse(text);
-        let (mut seen, mut order) = (HashSet::new(), Vec::new());
-        for (m, _) in &deps.lines {
-            visit(m, &deps.map, &mut seen, &mut order, 0);
-        }
-        order
-    }
-
     #[test]
-    fn dependencies_load_first_and_once() {
-        let text = "vmw_vsock_virtio_transport.ko: vmw_vsock_virtio_transport_common.ko vsock.ko virtio.ko virtio_ring.ko\n\
-                    vmw_vsock_virtio_transport_common.ko: vsock.ko\n\
-                    vsock.ko:\n\
-                    virtio_mmio.ko: virtio.ko virtio_ring.ko\n\
-                    virtio.ko: virtio_ring.ko\n\
-                    virtio_ring.ko:\n";
-        assert_eq!(
-            order(text),
-            [
-                "vsock.ko",
-                "vmw_vsock_virtio_transport_common.ko",
-                "virtio_ring.ko",
-                "virtio.ko",
-                "vmw_vsock_virtio_transport.ko",
-                "virtio_mmio.ko"
-            ]
-        );
-    }
-
-    #[test]
-    fn cycles_and_junk_do_not_hang() {
-        assert_eq!(order("a.ko: b.ko\nb.ko: a.ko\njunk\n"), ["b.ko", "a.ko"]);
+    fn the_cpu_flags_choose_the_kvm_module() {
+        let amd = "processor\t: 0\nflags\t\t: fpu vme svm npt\n";
+        let intel = "flags\t\t: fpu vmx ept\n";
+        assert_eq!(kvm_module_for(amd), Some("kvm_amd"));
+        assert_eq!(kvm_module_for(intel), Some("kvm_intel"));
+        assert_eq!(kvm_module_for("flags\t: fpu svmx\n"), None);
+        assert_eq!(kvm_module_for(""), None);
     }
 }

@@ -46,13 +46,25 @@ pub fn mount(
     Ok(())
 }
 
-/// `finit_module(2)` with no parameters.
-pub fn finit_module(file: &std::fs::File) -> io::Result<()> {
-    let params = cstring("")?;
+/// `finit_module(2)` with module parameters (`name=value …`).
+pub fn finit_module_with(file: &std::fs::File, params: &str) -> io::Result<()> {
+    let params = cstring(params)?;
     // SAFETY: the fd is open for the duration of the call (borrowed from `file`) and `params`
     // is a valid NUL-terminated string; the syscall takes no other pointers.
     let ret =
         unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `delete_module(2)` of module `name`, without waiting (`O_NONBLOCK`, as rmmod does).
+pub fn delete_module(name: &str) -> io::Result<()> {
+    let name = cstring(name)?;
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call; the
+    // syscall takes no other pointers.
+    let ret = unsafe { libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -207,6 +207,16 @@ pub struct VmArgs {
     /// on first use and cached; repeat for more.
     #[arg(long = "guest-package", value_name = "NAME")]
     guest_package: Vec<String>,
+    /// A kernel module (name or alias) the guest loads at boot, with its dependencies; repeat
+    /// or separate with commas. Any other module a guest needs is fetched on demand by its
+    /// modprobe (and the kernel's request_module).
+    #[arg(long = "module", value_name = "NAME", value_delimiter = ',')]
+    module: Vec<String>,
+    /// Give the guest hardware virtualization so that it can run KVM itself: QEMU/TCG emulates
+    /// it, QEMU/KVM and the lab VMM pass the host's through (needs kvm_amd/kvm_intel with
+    /// nested=1). The guest loads its kvm module at boot; `lab doctor` says where this works.
+    #[arg(long)]
+    nested: bool,
 }
 
 impl VmArgs {
@@ -250,16 +260,20 @@ impl VmArgs {
                 .flat_map(|w| w.split_whitespace().map(str::to_string))
                 .collect(),
             keep_workdir: self.keep_workdir,
+            nested: self.nested,
             ..BootOptions::default()
         }
     }
 }
 
-/// What a lab is opened with: the agents' channel and the guests' extra packages.
+/// What a lab is opened with: the agents' channel, the guests' extra packages and modules, and
+/// whether they run KVM themselves.
 #[derive(Debug, Clone, Default)]
 pub struct LabSetup {
     channel: ChannelArg,
     guest_packages: Vec<String>,
+    modules: Vec<String>,
+    nested: bool,
 }
 
 impl From<&VmArgs> for LabSetup {
@@ -267,6 +281,8 @@ impl From<&VmArgs> for LabSetup {
         Self {
             channel: vm.channel,
             guest_packages: vm.guest_package.clone(),
+            modules: vm.module.clone(),
+            nested: vm.nested,
         }
     }
 }
@@ -276,7 +292,7 @@ impl From<ChannelArg> for LabSetup {
     fn from(channel: ChannelArg) -> Self {
         Self {
             channel,
-            guest_packages: Vec::new(),
+            ..Self::default()
         }
     }
 }
@@ -288,6 +304,8 @@ pub fn open_lab(setup: impl Into<LabSetup>) -> anyhow::Result<Lab> {
     let cache = Cache::from_env()?;
     let mut lab = Lab::new(cache, qemu_backend(setup.channel)?, GUEST_INIT);
     lab.set_guest_packages(setup.guest_packages);
+    lab.set_boot_modules(setup.modules);
+    lab.set_nested(setup.nested);
     // The lab's own VMM (this program as `lab __vmm`): used where KVM boots the kernel in it.
     lab.set_vmm(Box::new(vmm_backend()?));
     Ok(lab)

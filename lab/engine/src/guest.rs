@@ -46,7 +46,44 @@ pub enum GuestError {
     /// A `--initrd-extra` argument is malformed.
     #[error("bad extra file '{0}': expected HOST_PATH or HOST_PATH:GUEST_PATH with an absolute guest path")]
     BadExtra(String),
+    /// A module asked for cannot be loaded from this kernel.
+    #[error("kernel {kernel} ({release}) has no module '{module}'")]
+    NoSuchModule {
+        /// The kernel's name.
+        kernel: String,
+        /// Its release.
+        release: String,
+        /// The module or alias asked for.
+        module: String,
+    },
+    /// The kernel's modules could not be read.
+    #[error("failed to prepare the modules of kernel {kernel}")]
+    Modules {
+        /// The kernel's name.
+        kernel: String,
+        /// The cause.
+        #[source]
+        source: lab_kernel::modules::ModulesError,
+    },
 }
+
+/// Where guest-init finds the modules to load at boot, by name or alias, in order (modprobe
+/// resolves each); without it, it loads every module of `modules.dep`.
+pub const BOOT_MODULES: &str = "/lab/modules.boot";
+
+/// The modules of a guest beyond the agent channel's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestModules {
+    /// Loaded at boot (`--module`), by name or alias, in order.
+    pub boot: Vec<String>,
+    /// Only carried in the image, for the guest to load itself (the kvm modules of a nested
+    /// guest: guest-init loads the one its CPU calls for).
+    pub carry: Vec<String>,
+}
+
+/// The kvm modules a nested guest carries: guest-init loads kvm_amd or kvm_intel, whichever
+/// its CPU (SVM or VMX) calls for.
+pub const NESTED_MODULES: &[&str] = &["kvm_amd", "kvm_intel"];
 
 /// A host file to carry into the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +122,9 @@ pub struct Userland {
     pub busybox: Option<PathBuf>,
 }
 
+/// The programs guest-init also is (it looks at the name it was run as).
+const GUEST_INIT_APPLETS: &[&str] = &["/usr/sbin/modprobe"];
+
 /// The minimal files a POSIX user space expects.
 const ETC: &[(&str, &str)] = &[
     (
@@ -116,6 +156,7 @@ pub fn base_image(
     guest_init: &[u8],
     userland: &Userland,
     extras: &[ExtraFile],
+    modules: &GuestModules,
 ) -> Result<PathBuf, GuestError> {
     let mut spec = Spec::new();
     for dir in [
@@ -141,17 +182,44 @@ pub fn base_image(
         spec.bytes(path, text.as_bytes().to_vec(), 0o644);
     }
     if let Some(busybox) = &userland.busybox {
-        spec.file("/usr/bin/busybox", busybox, 0o755);
+        spec.bytes("/usr/bin/busybox", guest_busybox(busybox)?, 0o755);
         for applet in applets(busybox)? {
             let applet = usr_merged(&applet);
-            if applet != "/usr/bin/busybox" && applet != "/init" {
+            if applet != "/usr/bin/busybox"
+                && applet != "/init"
+                && !GUEST_INIT_APPLETS.contains(&applet.as_str())
+            {
                 spec.symlink(&applet, "/usr/bin/busybox");
             }
         }
     }
-    let modules = kernel.module_paths();
-    if !modules.is_empty() {
-        let dir = format!("/usr/lib/modules/{}", kernel.info.release);
+    // guest-init is the guest's modprobe too: the one the kernel runs for request_module.
+    for applet in GUEST_INIT_APPLETS {
+        spec.symlink(applet, "/init");
+    }
+    add_modules(&mut spec, kernel, modules)?;
+    for extra in extras {
+        spec.file(&usr_merged(&extra.guest), &extra.host, 0o755);
+    }
+    Ok(initramfs::build(cache, &spec, Compression::None)?)
+}
+
+/// The kernel's modules in the image.
+///
+/// With the kernel's whole module tree ([`Kernel::module_source`]): the index files a modprobe
+/// reads (`modules.dep`, `modules.alias`, `modules.softdep`, `modules.builtin`) for every
+/// module, the files of those the guest loads at boot (the agent channel's, and `extra`, each
+/// with its dependencies), and [`BOOT_MODULES`] naming them; any other module the guest asks
+/// for later is fetched from lab over the agent channel, so the image stays small.
+///
+/// Without a tree (kernels built without loadable modules, files given by path): the modules
+/// the entry records, in load order, in a `modules.dep` of their own, and `extra` in
+/// [`BOOT_MODULES`] for the guest to find built in.
+fn add_modules(spec: &mut Spec, kernel: &Kernel, modules: &GuestModules) -> Result<(), GuestError> {
+    let extra = &modules.boot;
+    let dir = format!("/usr/lib/modules/{}", kernel.info.release);
+    let Some(source) = kernel.module_source() else {
+        let modules = kernel.module_paths();
         let mut dep = String::new();
         for path in &modules {
             let name = path
@@ -162,12 +230,76 @@ pub fn base_image(
             // Already in load order: one line each, no dependencies left to resolve.
             dep.push_str(&format!("{name}:\n"));
         }
-        spec.bytes(&format!("{dir}/modules.dep"), dep.into_bytes(), 0o644);
+        if !modules.is_empty() {
+            spec.bytes(&format!("{dir}/modules.dep"), dep.into_bytes(), 0o644);
+        }
+        if !extra.is_empty() {
+            let mut boot: Vec<String> = modules
+                .iter()
+                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .collect();
+            boot.extend(extra.iter().cloned());
+            spec.bytes(BOOT_MODULES, lines(&boot), 0o644);
+        }
+        return Ok(());
+    };
+    let index = source.index();
+    let mut boot: Vec<String> = kernel
+        .info
+        .modules
+        .iter()
+        .map(|m| lab_kernel::modules::module_name(m))
+        .collect();
+    boot.extend(extra.iter().cloned());
+    let names: Vec<&str> = boot
+        .iter()
+        .chain(&modules.carry)
+        .map(String::as_str)
+        // What the kernel lacks cannot be carried; the guest says so if it needs it.
+        .filter(|n| {
+            !modules.carry.iter().any(|c| c == n)
+                || index.resolve(n) != lab_kernel::module_index::Resolved::Unknown
+        })
+        .collect();
+    let order = index.load_order(&names).map_err(|e| match e {
+        lab_kernel::modules::ModulesError::Missing(module) => GuestError::NoSuchModule {
+            kernel: kernel.info.name.clone(),
+            release: kernel.info.release.clone(),
+            module,
+        },
+        source => GuestError::Modules {
+            kernel: kernel.info.name.clone(),
+            source,
+        },
+    })?;
+    for name in &order {
+        let file = source
+            .plain_file(name)
+            .map_err(|source| GuestError::Modules {
+                kernel: kernel.info.name.clone(),
+                source,
+            })?;
+        let guest = index.modules[name].guest_path();
+        spec.file(&format!("{dir}/{guest}"), &file, 0o644);
     }
-    for extra in extras {
-        spec.file(&usr_merged(&extra.guest), &extra.host, 0o755);
+    for (file, text) in [
+        ("modules.dep", index.modules_dep()),
+        ("modules.alias", index.modules_alias()),
+        ("modules.softdep", index.modules_softdep()),
+        ("modules.builtin", index.modules_builtin()),
+    ] {
+        spec.bytes(&format!("{dir}/{file}"), text.into_bytes(), 0o644);
     }
-    Ok(initramfs::build(cache, &spec, Compression::None)?)
+    spec.bytes(BOOT_MODULES, lines(&boot), 0o644);
+    Ok(())
+}
+
+/// One name per line.
+fn lines(names: &[String]) -> Vec<u8> {
+    names
+        .iter()
+        .flat_map(|n| format!("{n}\n").into_bytes())
+        .collect()
 }
 
 /// `base` with `layers` appended (the kernel unpacks concatenated cpio archives in order, a
@@ -216,6 +348,42 @@ pub fn stacked_image(
     Ok(path)
 }
 
+/// The guest's busybox: Debian's, with its `modprobe` applet renamed so that the guest's
+/// modprobe is lab's.
+///
+/// Debian's busybox runs its own applets from its shell without a PATH lookup
+/// (FEATURE_SH_STANDALONE), so `sh -c 'modprobe veth'` would reach busybox's modprobe, which
+/// loads only files the image carries. Renaming the applet in busybox's sorted table of applet
+/// names (`modprobe` → `modprob_`, same length, same place in the order) makes its shell look
+/// `modprobe` up in PATH, where guest-init's is. A busybox whose table lacks the expected
+/// neighbours (`modinfo`, `modprobe`, `more`) is left as it is.
+fn guest_busybox(path: &Path) -> Result<Vec<u8>, GuestError> {
+    let mut bytes = fs::read(path).map_err(|source| GuestError::Busybox {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    rename_applet(&mut bytes);
+    Ok(bytes)
+}
+
+/// Renames the `modprobe` applet in a busybox binary's applet name table; returns whether it
+/// found exactly one place to do so.
+pub fn rename_applet(bytes: &mut [u8]) -> bool {
+    const TABLE: &[u8] = b"\0modinfo\0modprobe\0more\0";
+    const AT: usize = b"\0modinfo\0".len();
+    let found: Vec<usize> = bytes
+        .windows(TABLE.len())
+        .enumerate()
+        .filter(|(_, w)| *w == TABLE)
+        .map(|(i, _)| i)
+        .collect();
+    let [start] = found[..] else {
+        return false;
+    };
+    bytes[start + AT..start + AT + 8].copy_from_slice(b"modprob_");
+    true
+}
+
 /// The absolute paths busybox installs its applets at (`busybox --list-full`).
 fn applets(busybox: &Path) -> Result<Vec<String>, GuestError> {
     let err = |source| GuestError::Busybox {
@@ -262,6 +430,22 @@ mod tests {
         for bad in ["x:rel", ":/a", "x:/a/../b", "/"] {
             assert!(ExtraFile::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn busybox_modprobe_applet_is_renamed_once() {
+        let mut table = b"x\0mktemp\0modinfo\0modprobe\0more\0mount\0 text: modprobe\0".to_vec();
+        assert!(rename_applet(&mut table));
+        assert_eq!(
+            table,
+            b"x\0mktemp\0modinfo\0modprob_\0more\0mount\0 text: modprobe\0".to_vec()
+        );
+        // Already renamed, or an unexpected layout: left alone.
+        assert!(!rename_applet(&mut table));
+        let mut twice = b"\0modinfo\0modprobe\0more\0\0modinfo\0modprobe\0more\0".to_vec();
+        let before = twice.clone();
+        assert!(!rename_applet(&mut twice));
+        assert_eq!(twice, before);
     }
 
     #[test]

@@ -70,6 +70,9 @@ impl KvmBackend {
             a.push(flag.into());
             a.push(value);
         }
+        if spec.nested {
+            a.push("--nested".into());
+        }
         a
     }
 }
@@ -134,6 +137,7 @@ mod tests {
             cpus: 2,
             memory_mib: 512,
             accel: Accel::Kvm,
+            nested: false,
             workdir: "/tmp/vm".into(),
         };
         let args: Vec<String> = backend
@@ -160,6 +164,17 @@ mod tests {
                 "--cid",
                 "3"
             ]
+        );
+        let nested = VmSpec {
+            nested: true,
+            ..spec
+        };
+        let args = backend.args(&nested);
+        assert_eq!(
+            args.last()
+                .map(|a| a.to_string_lossy().into_owned())
+                .as_deref(),
+            Some("--nested")
         );
     }
 }

@@ -15,7 +15,7 @@ use crate::accel::{
     self, AccelChoice, AccelRequest, ChoiceInput, KvmAccess, ProbePolicy, Verdict, Verdicts,
 };
 use crate::cancel::Cancel;
-use crate::guest::{self, ExtraFile, GuestError, Userland};
+use crate::guest::{self, ExtraFile, GuestError, GuestModules, Userland};
 use crate::scratch;
 use crate::session::{self, BootOptions, BootRequest, JobReport, SessionError, SessionEvent, Vm};
 use crate::vm::{Accel, Backend};
@@ -51,6 +51,8 @@ pub struct Lab {
     guest_packages: GuestPackages,
     /// The layer of `guest_packages`, once built.
     packages_layer: Option<Layer>,
+    /// Modules every guest of this lab loads at boot or carries.
+    modules: GuestModules,
 }
 
 impl std::fmt::Debug for Lab {
@@ -74,6 +76,8 @@ pub struct Prepared {
     pub initrd: PathBuf,
     /// The guest packages in it, with their dependencies and versions.
     pub packages: Vec<ResolvedPackage>,
+    /// The kernel's module tree, served to guests on demand (none for kernels without one).
+    pub modules: Option<lab_kernel::module_index::ModuleSource>,
 }
 
 impl Lab {
@@ -89,7 +93,31 @@ impl Lab {
             userland: None,
             guest_packages: GuestPackages::default(),
             packages_layer: None,
+            modules: GuestModules::default(),
         }
+    }
+
+    /// Modules every guest of this lab loads at boot (`--module`, by name or alias, with
+    /// their dependencies), in order.
+    pub fn set_boot_modules<I, S>(&mut self, names: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.modules.boot = names.into_iter().map(Into::into).collect();
+    }
+
+    /// Makes every guest of this lab able to run KVM itself: it carries the kernel's kvm
+    /// modules (and loads the one its CPU calls for when booted with nested virtualization).
+    pub fn set_nested(&mut self, nested: bool) {
+        self.modules.carry = if nested {
+            guest::NESTED_MODULES
+                .iter()
+                .map(|m| m.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
     }
 
     /// Debian packages (with their dependencies) every guest of this lab gets, as a layer over
@@ -163,9 +191,16 @@ impl Lab {
         progress: Progress<'_>,
     ) -> Result<Prepared, LabError> {
         let kernel = self.kernel(kernel_arg, progress)?;
+        catalog::ensure_module_tree(&self.cache, &kernel, progress)?;
         let userland = self.userland(progress)?;
-        let base_image =
-            guest::base_image(&self.cache, &kernel, self.guest_init, &userland, extras)?;
+        let base_image = guest::base_image(
+            &self.cache,
+            &kernel,
+            self.guest_init,
+            &userland,
+            extras,
+            &self.modules,
+        )?;
         let (initrd, packages) = match self.packages_layer(progress)? {
             Some(layer) => (
                 guest::stacked_image(&self.cache, &base_image, &[layer.path])?,
@@ -173,11 +208,13 @@ impl Lab {
             ),
             None => (base_image.clone(), Vec::new()),
         };
+        let modules = kernel.module_source();
         Ok(Prepared {
             kernel,
             base_image,
             initrd,
             packages,
+            modules,
         })
     }
 
@@ -231,6 +268,7 @@ impl Lab {
             initrd: &prepared.initrd,
             opts,
             cancel,
+            modules: prepared.modules.as_ref(),
         }
     }
 

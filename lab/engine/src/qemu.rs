@@ -245,6 +245,23 @@ fn vsock_paths(spec: &VmSpec) -> (PathBuf, PathBuf) {
     )
 }
 
+/// QEMU's `-cpu`: under KVM the host CPU, less the MSR some nested hosts cannot emulate;
+/// under TCG the most capable emulated CPU, which has AMD SVM with nested paging.
+///
+/// Hardware virtualization stays as the model has it, nested guest or not: under TCG `max`
+/// always offers SVM, and under KVM `host` offers VMX/SVM exactly when the host's
+/// kvm_intel/kvm_amd runs with `nested=1`. Taking SVM away from TCG's `max` (`-svm` or
+/// `svm=off`, QEMU 7.2) breaks the guest: every `d_path` (readlink of `/proc/self/exe`, of
+/// `/proc/self/fd/*`) comes back as the last component masked with `x`, and every static glibc
+/// program aborts at start. So `--nested` decides what the guest does with it (guest-init loads
+/// its kvm module), not what QEMU shows; the lab VMM, which shapes CPUID itself, hides it.
+pub fn cpu_model(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Kvm => "host,-arch-capabilities",
+        Accel::Tcg => "max",
+    }
+}
+
 /// The vsock port guest-init connects to on the host.
 pub const AGENT_PORT: u32 = 1024;
 
@@ -286,15 +303,7 @@ pub fn args(spec: &VmSpec, channel: &Channel) -> Vec<OsString> {
     push(&mut a, "-accel");
     push(&mut a, spec.accel.name());
     push(&mut a, "-cpu");
-    // Under KVM the host CPU, less the MSR some nested hosts cannot emulate; under TCG, the
-    // most capable emulated CPU.
-    push(
-        &mut a,
-        match spec.accel {
-            Accel::Kvm => "host,-arch-capabilities",
-            Accel::Tcg => "max",
-        },
-    );
+    push(&mut a, cpu_model(spec.accel));
     push(&mut a, "-smp");
     push(&mut a, &spec.cpus.to_string());
     push(&mut a, "-m");
@@ -432,6 +441,7 @@ mod tests {
             cpus: 2,
             memory_mib: 512,
             accel,
+            nested: false,
             workdir: "/w".into(),
         }
     }

@@ -18,6 +18,8 @@ use lab_proto::{
 };
 use sha2::{Digest, Sha256};
 
+use lab_kernel::module_index::ModuleSource;
+
 use crate::cancel::{Cancel, Registration};
 use crate::console::ConsoleEvent;
 use crate::scratch;
@@ -28,6 +30,9 @@ const POWER_OFF_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a killed job may take to be reported before the agent counts as lost.
 const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// The most modules one VM may fetch: a guest asking for more is broken or hostile.
+pub const MAX_MODULE_FETCHES: u32 = 4096;
 
 /// How long the agent may stay silent (it sends a heartbeat every 2 s) before it counts as lost.
 /// Generous: a guest under emulation on a loaded host can stall for seconds.
@@ -57,6 +62,9 @@ pub struct BootOptions {
     pub agent_silence: Duration,
     /// Which VMM runs the VM (the lab's own needs `accel` KVM).
     pub backend: crate::vm::BackendKind,
+    /// Hardware virtualization for the guest (nested KVM): the backend passes it through and
+    /// guest-init loads the kvm module its CPU calls for (`lab.nested=1`).
+    pub nested: bool,
 }
 
 impl Default for BootOptions {
@@ -72,8 +80,20 @@ impl Default for BootOptions {
             keep_workdir: false,
             agent_silence: AGENT_SILENCE,
             backend: crate::vm::BackendKind::Qemu,
+            nested: false,
         }
     }
+}
+
+/// The kernel command line of a boot with `opts`: lab's words, `lab.nested=1` for a nested
+/// guest, then the user's.
+pub fn boot_cmdline(opts: &BootOptions) -> String {
+    let mut extra = Vec::new();
+    if opts.nested {
+        extra.push("lab.nested=1".to_string());
+    }
+    extra.extend(opts.extra_cmdline.iter().cloned());
+    cmdline(&extra)
 }
 
 /// The kernel command line lab boots with (before `extra`).
@@ -334,6 +354,9 @@ pub struct Vm {
     seen: Seen,
     dead: bool,
     agent_silence: Duration,
+    /// The kernel's modules, served to the guest's modprobe on demand.
+    modules: Option<ModuleSource>,
+    module_fetches: u32,
 }
 
 impl std::fmt::Debug for Vm {
@@ -361,6 +384,8 @@ pub struct BootRequest<'a> {
     pub opts: &'a BootOptions,
     /// Cancels the boot and everything after it.
     pub cancel: &'a Cancel,
+    /// The kernel's modules, which the guest may fetch on demand.
+    pub modules: Option<&'a ModuleSource>,
 }
 
 impl std::fmt::Debug for BootRequest<'_> {
@@ -411,16 +436,18 @@ impl Vm {
             initrd,
             opts,
             cancel,
+            modules,
         } = *req;
         let workdir = scratch::create(&scratch::base_dir(), "vm").map_err(SessionError::Workdir)?;
         let spec = VmSpec {
             name: name.to_string(),
             kernel: kernel.to_path_buf(),
             initrd: initrd.to_path_buf(),
-            cmdline: cmdline(&opts.extra_cmdline),
+            cmdline: boot_cmdline(opts),
             cpus: opts.cpus,
             memory_mib: opts.memory_mib,
             accel: opts.accel,
+            nested: opts.nested,
             workdir: workdir.path().to_path_buf(),
         };
         let (tx, rx) = mpsc::channel();
@@ -453,6 +480,8 @@ impl Vm {
             seen: Seen::default(),
             dead: false,
             agent_silence: opts.agent_silence,
+            modules: modules.cloned(),
+            module_fetches: 0,
         };
         if opts.keep_workdir {
             vm.kept_workdir = vm.workdir.take().map(tempfile::TempDir::keep);
@@ -834,6 +863,10 @@ impl Vm {
                 VmEvent::Agent(GuestMessage::Failure { stage, message }) => {
                     self.seen.failure = Some((stage, message));
                 }
+                VmEvent::Agent(GuestMessage::FetchModule { id, path }) => {
+                    self.last_heard = Instant::now();
+                    self.serve_module(id, &path, observer)?;
+                }
                 VmEvent::Agent(GuestMessage::Hello { .. }) if self.seen.ready => {
                     return Err(self.fail_protocol("a second hello: the agent restarted".into()));
                 }
@@ -861,6 +894,64 @@ impl Vm {
     }
 }
 
+impl Vm {
+    /// Answers the guest's fetch `id` of the module at `path` (as in its modules.dep): the
+    /// decompressed file, or why not. Only modules of the kernel's index are served.
+    fn serve_module(
+        &mut self,
+        id: u32,
+        path: &str,
+        observer: &mut dyn FnMut(SessionEvent<'_>),
+    ) -> Result<(), SessionError> {
+        self.module_fetches = self.module_fetches.saturating_add(1);
+        let data = match &self.modules {
+            _ if self.module_fetches > MAX_MODULE_FETCHES => Err(format!(
+                "more than {MAX_MODULE_FETCHES} module fetches from one vm"
+            )),
+            None => Err(format!(
+                "lab has no module tree for kernel {} (only the modules in the image)",
+                self.name
+            )),
+            Some(source) => source.read(path).map_err(|e| error_chain(&e)),
+        };
+        let data = match data {
+            Ok(data) => data,
+            Err(message) => {
+                let line = format!("module {path} not served: {message}");
+                observer(SessionEvent::Log(&line));
+                return self.send(&HostMessage::ModuleUnavailable { id, message });
+            }
+        };
+        self.send(&HostMessage::ModuleStart {
+            id,
+            size: data.len() as u64,
+            sha256: Sha256::digest(&data).into(),
+        })?;
+        for chunk in data.chunks(MAX_FILE_CHUNK) {
+            self.send(&HostMessage::ModuleData {
+                id,
+                data: chunk.to_vec(),
+            })?;
+        }
+        self.send(&HostMessage::ModuleEnd { id })?;
+        let line = format!("module {path} sent ({} bytes)", data.len());
+        observer(SessionEvent::Log(&line));
+        Ok(())
+    }
+}
+
+/// An error and its causes, as one line.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// SIGKILL's number (9 on every Linux architecture lab supports).
 fn libc_sigkill() -> i32 {
     9
@@ -881,6 +972,7 @@ fn kind(msg: &GuestMessage) -> &'static str {
         GuestMessage::Error { .. } => "error",
         GuestMessage::Heartbeat { .. } => "heartbeat",
         GuestMessage::Failure { .. } => "failure",
+        GuestMessage::FetchModule { .. } => "fetch module",
     }
 }
 
@@ -1051,6 +1143,7 @@ mod tests {
             initrd: Path::new("/i"),
             opts,
             cancel,
+            modules: None,
         }
     }
 
@@ -1094,6 +1187,85 @@ mod tests {
         assert_eq!(report.status, ExitStatus::Code(0));
         assert_eq!(report.job_cpu, Duration::from_micros(3));
         assert_eq!(report.attempts, 1);
+    }
+
+    #[test]
+    fn modules_the_guest_fetches_come_from_the_kernels_index_only() {
+        use lab_kernel::module_index::{ModuleEntry, ModuleIndex};
+        let tree = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::create_dir_all(tree.path().join("kernel/net")).unwrap();
+        std::fs::write(tree.path().join("kernel/net/veth.ko"), &content).unwrap();
+        let mut index = ModuleIndex::default();
+        index.modules.insert(
+            "veth".into(),
+            ModuleEntry {
+                path: "kernel/net/veth.ko".into(),
+                depends: vec![],
+                aliases: vec!["rtnl-link-veth".into()],
+                softdep_pre: vec![],
+                softdep_post: vec![],
+            },
+        );
+        let source = ModuleSource::new(tree.path().into(), tree.path().join("plain"), index);
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let record = sent.clone();
+        let responder: Responder = Box::new(move |msg| {
+            record.lock().unwrap().push(msg.clone());
+            match msg {
+                HostMessage::Exec { id, .. } => vec![
+                    agent(GuestMessage::FetchModule {
+                        id: 0x8000_0001,
+                        path: "kernel/net/veth.ko".into(),
+                    }),
+                    agent(GuestMessage::FetchModule {
+                        id: 0x8000_0002,
+                        path: "../../etc/passwd".into(),
+                    }),
+                    exit(*id, ExitStatus::Code(0)),
+                ],
+                _ => vec![],
+            }
+        });
+        let backend = scripted(vec![(vec![hello()], responder)]);
+        let cancel = Cancel::new();
+        let opts = quick();
+        let req = BootRequest {
+            modules: Some(&source),
+            ..request(&backend, &opts, &cancel)
+        };
+        let mut vm = Vm::boot(&req, &mut |_| {}).unwrap();
+        let report = vm.exec(&Job::new(["ip"]), None, &mut |_| {}).unwrap();
+        assert_eq!(report.status, ExitStatus::Code(0));
+        let sent = sent.lock().unwrap();
+        let mut got = Vec::new();
+        let mut ended = false;
+        for msg in sent.iter() {
+            match msg {
+                HostMessage::ModuleStart { id, size, sha256 } => {
+                    assert_eq!((*id, *size), (0x8000_0001, content.len() as u64));
+                    assert_eq!(sha256.as_slice(), Sha256::digest(&content).as_slice());
+                }
+                HostMessage::ModuleData { id, data } => {
+                    assert_eq!(*id, 0x8000_0001);
+                    got.extend_from_slice(data);
+                }
+                HostMessage::ModuleEnd { id } => {
+                    assert_eq!(*id, 0x8000_0001);
+                    ended = true;
+                }
+                HostMessage::ModuleUnavailable { id, message } => {
+                    assert_eq!(*id, 0x8000_0002);
+                    assert!(message.contains("etc/passwd"), "{message}");
+                }
+                _ => {}
+            }
+        }
+        assert!(ended);
+        assert_eq!(got, content);
+        assert!(sent
+            .iter()
+            .any(|m| matches!(m, HostMessage::ModuleUnavailable { .. })));
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// How to execute the guest.
     pub accel: Accel,
+    /// Give the guest hardware virtualization (nested KVM) where the backend can.
+    pub nested: bool,
     /// A private directory for this VM's sockets and logs; it outlives the VM.
     pub workdir: PathBuf,
 }

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::cache::{Cache, CacheError};
 use crate::catalog::{self, Kernel, KernelInfo, Origin, RecordError};
 use crate::debian::{sha256_hex, tail};
+use crate::module_index::ModuleIndex;
 use crate::packages::{self, PackageError};
 use crate::Progress;
 
@@ -81,6 +82,9 @@ pub enum BuildError {
     /// The kernel record could not be written or read back.
     #[error("failed to record the kernel")]
     Record(#[from] RecordError),
+    /// The built modules could not be indexed.
+    #[error("failed to index the built modules")]
+    Modules(#[source] crate::modules::ModulesError),
 }
 
 /// What to build.
@@ -253,6 +257,16 @@ pub fn build(
     } else {
         "vmlinuz"
     };
+    install_built_modules(
+        &src,
+        &out,
+        &release,
+        &config,
+        jobs,
+        staging.path(),
+        &log,
+        progress,
+    )?;
     let info = KernelInfo {
         id: id.clone(),
         name,
@@ -279,6 +293,56 @@ pub fn build(
         let _ = fs::remove_dir_all(&src);
     }
     Ok(Kernel::load(&dest)?)
+}
+
+/// The built kernel's modules into the staged entry: with loadable modules (`=m` in the
+/// config) `make modules` and `modules_install` give the tree; either way the index records
+/// the built-in modules (`modules.builtin`), so that a guest's modprobe knows them.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one step of build(), given its state"
+)]
+fn install_built_modules(
+    src: &Path,
+    out: &Path,
+    release: &str,
+    config: &str,
+    jobs: usize,
+    staging: &Path,
+    log: &Log,
+    progress: Progress<'_>,
+) -> Result<(), BuildError> {
+    let mod_out = staging.join("modules");
+    let tree = mod_out.join(catalog::MODULE_TREE);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BuildError::Io { path, source }
+    };
+    fs::create_dir_all(&tree).map_err(io(&tree))?;
+    if config.lines().any(|l| l.ends_with("=m")) {
+        progress("building and installing loadable modules");
+        log.run(make(src, out).arg(format!("-j{jobs}")).arg("modules"))?;
+        let inst = staging.join("modinst");
+        log.run(
+            make(src, out)
+                .arg(format!("INSTALL_MOD_PATH={}", inst.display()))
+                .arg("INSTALL_MOD_STRIP=1")
+                .arg("DEPMOD=true")
+                .arg("modules_install"),
+        )?;
+        let installed = inst.join("lib/modules").join(release);
+        fs::remove_dir_all(&tree).map_err(io(&tree))?;
+        fs::rename(&installed, &tree).map_err(io(&tree))?;
+        let _ = fs::remove_dir_all(&inst);
+        // modules_install links the build tree in; the entry must not point into it.
+        for link in ["build", "source"] {
+            let _ = fs::remove_file(tree.join(link));
+        }
+    }
+    let builtin = fs::read_to_string(out.join("modules.builtin")).unwrap_or_default();
+    let index = ModuleIndex::build(&tree, release, &builtin).map_err(BuildError::Modules)?;
+    let index_path = mod_out.join(catalog::MODULE_INDEX);
+    index.save(&index_path).map_err(io(&index_path))
 }
 
 /// Downloads Debian's `source_package` (e.g. `linux-source-6.1`) and builds it as `name`.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::cache::{Cache, CacheError};
+use crate::module_index::{ModuleIndex, ModuleSource};
 use crate::{build, debian, image, Progress};
 
 /// Errors of the catalog.
@@ -142,6 +143,13 @@ pub struct Kernel {
 /// The file name of an entry's record.
 pub const RECORD: &str = "kernel.json";
 
+/// The kernel's whole module tree, under an entry's `modules/` (as its package ships it).
+pub const MODULE_TREE: &str = "tree";
+/// The tree's index ([`ModuleIndex`]), under an entry's `modules/`.
+pub const MODULE_INDEX: &str = "index.json";
+/// Decompressed copies of compressed modules, made on first use, under an entry's `modules/`.
+pub const MODULE_PLAIN: &str = "plain";
+
 impl Kernel {
     /// Loads the kernel installed in `dir`.
     pub fn load(dir: &Path) -> Result<Self, RecordError> {
@@ -169,6 +177,19 @@ impl Kernel {
     pub fn module_paths(&self) -> Vec<PathBuf> {
         let dir = self.dir.join("modules");
         self.info.modules.iter().map(|m| dir.join(m)).collect()
+    }
+
+    /// The kernel's whole module tree with its index, when the entry has them (Debian kernels
+    /// installed by this lab; kernels built without loadable modules and kernel files given by
+    /// path have none).
+    pub fn module_source(&self) -> Option<ModuleSource> {
+        let dir = self.dir.join("modules");
+        let tree = dir.join(MODULE_TREE);
+        if !tree.is_dir() {
+            return None;
+        }
+        let index = ModuleIndex::load(&dir.join(MODULE_INDEX))?;
+        Some(ModuleSource::new(tree, dir.join(MODULE_PLAIN), index))
     }
 }
 
@@ -306,6 +327,22 @@ pub fn resolve(cache: &Cache, arg: &str, progress: Progress<'_>) -> Result<Kerne
                 .join(", "),
         }),
     }
+}
+
+/// Makes sure an installed kernel has its module tree when it can have one: a Debian kernel
+/// installed by an older lab gets it added from its package. Others are left as they are.
+pub fn ensure_module_tree(
+    cache: &Cache,
+    kernel: &Kernel,
+    progress: Progress<'_>,
+) -> Result<(), CatalogError> {
+    if kernel.module_source().is_some() || !matches!(kernel.info.origin, Origin::Debian { .. }) {
+        return Ok(());
+    }
+    debian::add_module_tree(cache, kernel, progress).map_err(|source| CatalogError::Fetch {
+        name: kernel.info.name.clone(),
+        source,
+    })
 }
 
 /// Fetches or builds a catalog kernel, replacing what is installed under its name.

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::cache::{Cache, CacheError};
 use crate::catalog::{self, Kernel, KernelInfo, Origin, RecordError};
 use crate::image::{self, ImageError};
+use crate::module_index::ModuleIndex;
 use crate::modules::{self, ModulesBuiltin, ModulesDep, ModulesError};
 use crate::packages::{self, PackageError, PackageVersion};
 use crate::Progress;
@@ -222,6 +223,7 @@ fn stage_kernel(
         modules::unpack(&moddir.join(rel), &mod_out.join(&file)).map_err(mods_err)?;
         files.push(file);
     }
+    install_module_tree(&moddir, &mod_out, &release, package, progress)?;
     Ok(KernelInfo {
         id: String::new(),
         name: String::new(),
@@ -236,6 +238,77 @@ fn stage_kernel(
         cmdline_devices: config_enabled(&config_text, "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES"),
         created_unix: catalog::now_unix(),
     })
+}
+
+/// Moves the package's module tree `moddir` to `<mod_out>/tree` and writes its index beside
+/// it ([`crate::catalog::Kernel::module_source`] reads both), so that guests can load any
+/// module of the kernel on demand.
+fn install_module_tree(
+    moddir: &Path,
+    mod_out: &Path,
+    release: &str,
+    package: &str,
+    progress: Progress<'_>,
+) -> Result<(), DebianError> {
+    let mods_err = |source| DebianError::Modules {
+        package: package.to_string(),
+        source,
+    };
+    let builtin = fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default();
+    progress(&format!("indexing the modules of {package}"));
+    let index = ModuleIndex::build(moddir, release, &builtin).map_err(mods_err)?;
+    let tree = mod_out.join(catalog::MODULE_TREE);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DebianError::Io { path, source }
+    };
+    fs::create_dir_all(mod_out).map_err(io(mod_out))?;
+    if tree.exists() {
+        fs::remove_dir_all(&tree).map_err(io(&tree))?;
+    }
+    fs::rename(moddir, &tree).map_err(io(&tree))?;
+    let index_path = mod_out.join(catalog::MODULE_INDEX);
+    index.save(&index_path).map_err(io(&index_path))
+}
+
+/// Adds the module tree and its index to an installed Debian kernel that lacks them (one
+/// installed by an older lab), from its package (downloaded again if the cache lost it).
+pub fn add_module_tree(
+    cache: &Cache,
+    kernel: &Kernel,
+    progress: Progress<'_>,
+) -> Result<(), DebianError> {
+    let Origin::Debian { package, version } = &kernel.info.origin else {
+        return Ok(());
+    };
+    let _lock = cache.lock(&format!("kernel-{}", kernel.info.id))?;
+    if kernel.module_source().is_some() {
+        return Ok(());
+    }
+    progress(&format!(
+        "adding the module tree of {} (once; kernels installed by an older lab lack it)",
+        kernel.info.name
+    ));
+    let pv = PackageVersion {
+        package: package.clone(),
+        version: version.clone(),
+        depends: String::new(),
+    };
+    let deb = packages::download(cache, &pv, progress)?;
+    let unpacked = cache.staging("deb-")?;
+    packages::extract(&deb, unpacked.path())?;
+    let (release, moddir) =
+        find_release(unpacked.path()).ok_or_else(|| DebianError::NotInPackage {
+            package: package.clone(),
+            what: "lib/modules/<release>".into(),
+        })?;
+    install_module_tree(
+        &moddir,
+        &kernel.dir.join("modules"),
+        &release,
+        package,
+        progress,
+    )
 }
 
 /// The release of the extracted package at `root`: the `boot/vmlinuz-<release>` that has a
@@ -486,10 +559,27 @@ mod tests {
         assert!(out.join("vmlinuz").is_file() && out.join("config").is_file());
         assert_eq!(
             lines.lock().unwrap().as_slice(),
-            ["built in: virtio_ring, virtio"]
+            [
+                "built in: virtio_ring, virtio",
+                "indexing the modules of linux-image-x"
+            ]
         );
+        // The whole tree, as the package ships it, with its index.
+        assert!(out
+            .join("modules/tree/kernel/net/vmw_vsock/vsock.ko.xz")
+            .is_file());
+        let index =
+            crate::module_index::ModuleIndex::load(&out.join("modules/index.json")).unwrap();
+        assert_eq!(index.release, "6.12.9-cloud-amd64");
+        assert_eq!(
+            index.load_order(&["vmw_vsock_virtio_transport"]).unwrap(),
+            ["vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"]
+        );
+        assert!(index.builtin.contains("virtio_ring"));
 
         // A module that is neither loadable nor built in is an error naming it.
+        fs::remove_dir_all(&pkg).unwrap();
+        fake_package(&pkg, "6.12.9-cloud-amd64");
         fs::remove_file(
             pkg.join("lib/modules/6.12.9-cloud-amd64/kernel/drivers/virtio/virtio_mmio.ko.xz"),
         )

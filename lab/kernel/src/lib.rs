@@ -10,6 +10,7 @@ pub mod debian;
 pub mod guest_packages;
 pub mod image;
 pub mod initramfs;
+pub mod module_index;
 pub mod modules;
 pub mod packages;
 

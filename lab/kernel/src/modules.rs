@@ -48,14 +48,6 @@ pub enum ModulesError {
         #[source]
         source: std::io::Error,
     },
-    /// The module is compressed in a format lab cannot decompress.
-    #[error("module {} is {format}-compressed, which lab cannot decompress", path.display())]
-    Compression {
-        /// The module file.
-        path: PathBuf,
-        /// The format, e.g. `zstd`.
-        format: &'static str,
-    },
 }
 
 /// One module of `modules.dep`.
@@ -312,17 +304,17 @@ pub fn classify(dep: &ModulesDep, builtin: &ModulesBuiltin, wanted: &[&str]) -> 
 }
 
 /// The file name suffixes of modules, longest first.
-const SUFFIXES: &[&str] = &[".ko.xz", ".ko.gz", ".ko.zst", ".ko"];
+pub const SUFFIXES: &[&str] = &[".ko.xz", ".ko.gz", ".ko.zst", ".ko"];
 
 /// Whether `path` names a module file (`.ko`, possibly compressed).
-fn is_module_path(path: &str) -> bool {
+pub fn is_module_path(path: &str) -> bool {
     SUFFIXES
         .iter()
         .any(|s| path.ends_with(s) && path.len() > s.len())
 }
 
 /// `-` and `_` are the same in module names; the kernel uses `_`.
-fn normalise(name: &str) -> String {
+pub fn normalise(name: &str) -> String {
     name.replace('-', "_")
 }
 
@@ -336,9 +328,12 @@ pub fn module_name(path: &str) -> String {
     normalise(stem)
 }
 
-/// Copies the module at `src` to `dst` as a plain `.ko`, decompressing `.ko.xz` (and `.ko.gz`).
-///
-/// `.ko.zst` is refused with [`ModulesError::Compression`].
+/// The largest module lab decompresses (the largest in Debian's kernels is a few MiB): a
+/// corrupt or hostile file cannot make lab allocate without bound.
+pub const MAX_MODULE_SIZE: u64 = 256 << 20;
+
+/// Copies the module at `src` to `dst` as a plain `.ko`, decompressing `.ko.xz`, `.ko.zst`
+/// and `.ko.gz` by the file name's suffix.
 pub fn unpack(src: &Path, dst: &Path) -> Result<(), ModulesError> {
     let err = |source| ModulesError::Unpack {
         path: src.to_path_buf(),
@@ -358,37 +353,59 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, ModulesError> {
     Ok(out)
 }
 
+/// A writer that refuses to take more than [`MAX_MODULE_SIZE`] bytes.
+struct Bounded<'a> {
+    out: &'a mut dyn Write,
+    written: u64,
+}
+
+impl Write for Bounded<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.written + buf.len() as u64 > MAX_MODULE_SIZE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("decompresses to more than {MAX_MODULE_SIZE} bytes"),
+            ));
+        }
+        let n = self.out.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// Writes the module at `src`, decompressed by its file name's suffix, to `out`.
 fn decompress(src: &Path, out: &mut dyn Write) -> Result<(), ModulesError> {
     let name = src.to_string_lossy();
-    if name.ends_with(".zst") {
-        return Err(ModulesError::Compression {
-            path: src.to_path_buf(),
-            format: "zstd",
-        });
-    }
     let err = |source| ModulesError::Unpack {
         path: src.to_path_buf(),
         source,
     };
     let input = File::open(src).map_err(err)?;
     let mut reader = BufReader::new(input);
+    let mut out = Bounded { out, written: 0 };
     if name.ends_with(".xz") {
-        let mut out = out;
         lzma_rs::xz_decompress(&mut reader, &mut out)
             .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+    } else if name.ends_with(".zst") {
+        let mut decoder = ruzstd::decoding::StreamingDecoder::new(reader)
+            .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())))?;
+        io::copy(&mut decoder, &mut out).map_err(err)?;
     } else if name.ends_with(".gz") {
         let mut decoder = flate2::bufread::GzDecoder::new(reader);
-        io::copy(&mut decoder, out).map_err(err)?;
+        io::copy(&mut decoder, &mut out).map_err(err)?;
     } else {
-        io::copy(&mut reader, out).map_err(err)?;
+        io::copy(&mut reader, &mut out).map_err(err)?;
     }
     Ok(())
 }
 
 /// Every module file under `dir`, by name, as paths relative to `dir`. Directories are walked
 /// in name order; where two files give the same module name, the first found is kept.
-fn module_files(dir: &Path) -> Result<HashMap<String, String>, ModulesError> {
+pub(crate) fn module_files(dir: &Path) -> Result<HashMap<String, String>, ModulesError> {
     let mut files = HashMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -695,13 +712,23 @@ kernel/fs/fuse/virtio-fs.ko.xz: kernel/drivers/virtio/virtio.ko
             assert_eq!(fs::read(&dst).unwrap(), content, "{}", src.display());
         }
 
+        // zstd as the kernel's build compresses modules (CONFIG_MODULE_COMPRESS_ZSTD).
+        let zst_src = dir.path().join("z.ko");
+        fs::write(&zst_src, &content).unwrap();
+        let status = Command::new("zstd")
+            .args(["-T0", "-q", "-k"])
+            .arg(&zst_src)
+            .status()
+            .unwrap();
+        assert!(status.success());
         let zst = dir.path().join("z.ko.zst");
-        fs::write(&zst, b"whatever").unwrap();
-        let err = unpack(&zst, &dir.path().join("z.ko")).unwrap_err();
-        assert!(
-            err.to_string().contains("z.ko.zst") && err.to_string().contains("zstd"),
-            "{err}"
-        );
+        let dst = dir.path().join("out.ko");
+        unpack(&zst, &dst).unwrap();
+        assert_eq!(fs::read(&dst).unwrap(), content);
+        let bad = dir.path().join("bad.ko.zst");
+        fs::write(&bad, b"whatever").unwrap();
+        let err = unpack(&bad, &dir.path().join("bad.ko")).unwrap_err();
+        assert!(err.to_string().contains("bad.ko.zst"), "{err}");
 
         let bad = dir.path().join("bad.ko.xz");
         fs::write(&bad, b"not xz at all").unwrap();

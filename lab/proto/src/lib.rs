@@ -16,7 +16,7 @@ pub use marker::Marker;
 pub use message::{ExitStatus, GuestMessage, HostMessage, Isolation, Job, Stream, Usage};
 
 /// The protocol version spoken by this build over the agent channel.
-pub const PROTO_VERSION: u16 = 3;
+pub const PROTO_VERSION: u16 = 4;
 
 /// The version of the console markers' format (independent of the channel protocol).
 pub const MARKER_VERSION: u16 = 1;

@@ -206,6 +206,35 @@ pub enum HostMessage {
     },
     /// Sync and power off.
     Shutdown,
+    /// The module the guest asked for with [`GuestMessage::FetchModule`] `id` follows:
+    /// [`HostMessage::ModuleData`] chunks, then [`HostMessage::ModuleEnd`].
+    ModuleStart {
+        /// The fetch's id (the guest's).
+        id: u32,
+        /// The decompressed module's size in bytes.
+        size: u64,
+        /// Its SHA-256, checked by the agent at the end.
+        sha256: [u8; 32],
+    },
+    /// A chunk of a module (at most [`MAX_FILE_CHUNK`] bytes).
+    ModuleData {
+        /// The fetch's id.
+        id: u32,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The module of fetch `id` is complete.
+    ModuleEnd {
+        /// The fetch's id.
+        id: u32,
+    },
+    /// Lab has no such module for this kernel (or could not read it).
+    ModuleUnavailable {
+        /// The fetch's id.
+        id: u32,
+        /// Why.
+        message: String,
+    },
 }
 
 /// A message from the guest agent to lab.
@@ -299,7 +328,20 @@ pub enum GuestMessage {
         /// What happened.
         message: String,
     },
+    /// The guest's modprobe needs a module the image does not carry: lab answers with
+    /// [`HostMessage::ModuleStart`]… or [`HostMessage::ModuleUnavailable`]. The id is the
+    /// guest's own (its fetches are numbered apart from lab's requests).
+    FetchModule {
+        /// The fetch's id.
+        id: u32,
+        /// The module's path under `/lib/modules/<release>`, as in the guest's modules.dep
+        /// (`kernel/drivers/net/veth.ko`).
+        path: String,
+    },
 }
+
+/// The longest module path a guest may ask for.
+pub const MAX_MODULE_PATH: usize = 1024;
 
 /// Why a message could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -418,6 +460,10 @@ const PUT_DATA: u8 = 4;
 const PUT_END: u8 = 5;
 const GET: u8 = 6;
 const SHUTDOWN: u8 = 7;
+const MODULE_START: u8 = 8;
+const MODULE_DATA: u8 = 9;
+const MODULE_END: u8 = 10;
+const MODULE_UNAVAILABLE: u8 = 11;
 
 impl HostMessage {
     /// The message as a frame payload: a kind byte and its fields.
@@ -457,6 +503,18 @@ impl HostMessage {
             Self::Shutdown => {
                 e.u8(SHUTDOWN);
             }
+            Self::ModuleStart { id, size, sha256 } => {
+                e.u8(MODULE_START).u32(*id).u64(*size).bytes(sha256);
+            }
+            Self::ModuleData { id, data } => {
+                e.u8(MODULE_DATA).u32(*id).bytes(data);
+            }
+            Self::ModuleEnd { id } => {
+                e.u8(MODULE_END).u32(*id);
+            }
+            Self::ModuleUnavailable { id, message } => {
+                e.u8(MODULE_UNAVAILABLE).u32(*id).str(message);
+            }
         }
         e.finish()
     }
@@ -490,6 +548,20 @@ impl HostMessage {
                 path: d.str()?,
             },
             SHUTDOWN => Self::Shutdown,
+            MODULE_START => Self::ModuleStart {
+                id: d.u32()?,
+                size: d.u64()?,
+                sha256: digest(&mut d)?,
+            },
+            MODULE_DATA => Self::ModuleData {
+                id: d.u32()?,
+                data: d.bytes(MAX_FILE_CHUNK)?.to_vec(),
+            },
+            MODULE_END => Self::ModuleEnd { id: d.u32()? },
+            MODULE_UNAVAILABLE => Self::ModuleUnavailable {
+                id: d.u32()?,
+                message: d.str()?,
+            },
             tag => {
                 return Err(WireError::UnknownTag {
                     what: "host message",
@@ -516,6 +588,7 @@ const FILE_END: u8 = 9;
 const DONE: u8 = 10;
 const ERROR: u8 = 11;
 const HEARTBEAT: u8 = 12;
+const FETCH_MODULE: u8 = 13;
 
 impl GuestMessage {
     /// The message as a frame payload: a kind byte and its fields.
@@ -577,6 +650,9 @@ impl GuestMessage {
             }
             Self::Failure { stage, message } => {
                 e.u8(FAILURE).str(stage).str(message);
+            }
+            Self::FetchModule { id, path } => {
+                e.u8(FETCH_MODULE).u32(*id).str(path);
             }
         }
         e.finish()
@@ -654,6 +730,12 @@ impl GuestMessage {
                 stage: d.str()?,
                 message: d.str()?,
             },
+            FETCH_MODULE => {
+                let id = d.u32()?;
+                let raw = d.bytes(MAX_MODULE_PATH)?;
+                let path = String::from_utf8(raw.to_vec()).map_err(|_| WireError::BadUtf8)?;
+                Self::FetchModule { id, path }
+            }
             tag => {
                 return Err(WireError::UnknownTag {
                     what: "message",
@@ -721,6 +803,10 @@ mod tests {
                 stage: "mount".into(),
                 message: "no /proc".into(),
             },
+            GuestMessage::FetchModule {
+                id: 0x8000_0001,
+                path: "kernel/drivers/net/veth.ko".into(),
+            },
         ]
     }
 
@@ -757,7 +843,30 @@ mod tests {
                 path: "/etc/passwd".into(),
             },
             HostMessage::Shutdown,
+            HostMessage::ModuleStart {
+                id: 5,
+                size: 3,
+                sha256: [2; 32],
+            },
+            HostMessage::ModuleData {
+                id: 5,
+                data: b"elf".to_vec(),
+            },
+            HostMessage::ModuleEnd { id: 5 },
+            HostMessage::ModuleUnavailable {
+                id: 6,
+                message: "no such module".into(),
+            },
         ]
+    }
+
+    #[test]
+    fn module_paths_from_the_guest_are_bounded() {
+        let mut e = Encoder::new();
+        e.u8(FETCH_MODULE)
+            .u32(1)
+            .bytes(&vec![b'a'; MAX_MODULE_PATH + 1]);
+        assert!(GuestMessage::decode(&e.finish()).is_err());
     }
 
     #[test]

@@ -215,6 +215,7 @@ impl ProbeVm {
         let cpuid = CpuidConfig {
             vcpu_count: 1,
             emulator_safe: Kvm::runs_kernel_in_emulator(),
+            nested: false,
         };
         vcpu.configure(&supported, cpuid, &entry)
             .expect("configure");
