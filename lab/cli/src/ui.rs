@@ -109,8 +109,10 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
         {
             return exit::USAGE;
         }
-        if let Some(LabError::Guest(lab_engine::guest::GuestError::BadExtra(_))) =
-            e.downcast_ref::<LabError>()
+        if let Some(LabError::Guest(
+            lab_engine::guest::GuestError::BadExtra(_)
+            | lab_engine::guest::GuestError::NoSuchModule { .. },
+        )) = e.downcast_ref::<LabError>()
         {
             return exit::USAGE;
         }
