@@ -139,6 +139,14 @@ fn parse_vars(vars: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
+/// `vm`, with nested virtualization turned on when a program runs KVM itself
+/// (`required_kvm`): its guests, and so every VM of the run, boot able to.
+fn vm_for(vm: &VmArgs, programs: &[TestProgram]) -> VmArgs {
+    let mut vm = vm.clone();
+    vm.nested |= programs.iter().any(|p| p.metadata.required_kvm);
+    vm
+}
+
 /// A lab whose guests carry what test programs need (atf-sh, bash) besides `vm`'s packages.
 fn open_test_lab(vm: &VmArgs) -> anyhow::Result<lab_engine::lab::Lab> {
     let mut setup = crate::LabSetup::from(vm);
@@ -217,12 +225,13 @@ pub fn test(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
             .into());
         }
     }
-    let mut lab = open_test_lab(&args.vm)?;
+    let vm = vm_for(&args.vm, &programs);
+    let mut lab = open_test_lab(&vm)?;
     let unbuilt = build_programs(&lab, &mut programs)?;
     let mut kernels = HashMap::new();
     for name in &args.kernel {
-        let (prepared, accel) = crate::boot::prepare(ui, &mut lab, name, &[], &args.vm)?;
-        kernels.insert(name.clone(), (prepared, args.vm.boot_options(accel, None)));
+        let (prepared, accel) = crate::boot::prepare(ui, &mut lab, name, &[], &vm)?;
+        kernels.insert(name.clone(), (prepared, vm.boot_options(accel, None)));
     }
     let plan = Plan {
         kernels: args.kernel.clone(),
@@ -382,17 +391,15 @@ pub fn debug(ui: &Ui, cancel: &Cancel, args: DebugArgs) -> anyhow::Result<u8> {
         return Err(BadInput(format!("no test program '{program}' in the suites")).into());
     }
     let config = parse_vars(&args.vars)?;
-    let mut lab = open_test_lab(&args.vm)?;
+    let vm = vm_for(&args.vm, &programs);
+    let mut lab = open_test_lab(&vm)?;
     let unbuilt = build_programs(&lab, &mut programs)?;
     if let Some((_, why)) = unbuilt.iter().find(|(i, _)| programs[*i].path == program) {
         return Err(BadInput(format!("{program} does not build: {why}")).into());
     }
-    let (prepared, accel) = crate::boot::prepare(ui, &mut lab, &args.kernel, &[], &args.vm)?;
+    let (prepared, accel) = crate::boot::prepare(ui, &mut lab, &args.kernel, &[], &vm)?;
     let mut kernels = HashMap::new();
-    kernels.insert(
-        args.kernel.clone(),
-        (prepared, args.vm.boot_options(accel, None)),
-    );
+    kernels.insert(args.kernel.clone(), (prepared, vm.boot_options(accel, None)));
     let launcher = VmLauncher::new(&lab, kernels, cancel.clone());
     let plan = Plan {
         kernels: vec![args.kernel.clone()],

@@ -189,3 +189,27 @@ fn bare_words_on_the_kernel_command_line_are_not_a_job() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), release_of("debian-6.1"));
 }
+
+#[test]
+fn kyuafile_kmods_and_kvm_give_the_expected_verdicts() {
+    if !ready("debian-6.1") || !installed("debian-6.12") {
+        return;
+    }
+    let s = Scratch::new();
+    let tree = suites().join("modules");
+    let out = s.run(&[
+        "test",
+        &tree.display().to_string(),
+        "-k",
+        "debian-6.1,debian-6.12",
+        "-j",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let got = verdicts(&stdout(&out));
+    assert_verdicts(&got, &expected(&tree), &["debian-6.1", "debian-6.12"]);
+    let absent = &got[&("debian-6.1".to_string(), "absent.sh:main".to_string())];
+    assert_eq!(absent.1, "Required kmods are not loaded: lab_no_such_module.");
+}

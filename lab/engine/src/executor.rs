@@ -554,11 +554,25 @@ fn guest_requirements(
     if md.required_files.is_empty()
         && md.required_programs.is_empty()
         && md.required_disk_space == 0
+        && md.required_kmods.is_empty()
+        && !md.required_kvm
     {
         return Ok(None);
     }
     let _ = user;
     let mut script = String::new();
+    // Kyua checks that required modules are loaded; in a VM of its own, lab loads them first
+    // (the guest's modprobe fetches them from lab), so only a module the kernel lacks, or
+    // one that fails to load, skips the case.
+    for m in &md.required_kmods {
+        script.push_str(&format!(
+            "/sbin/modprobe -q {q} 2>/dev/null || echo kmod {q}\n",
+            q = quote(m)
+        ));
+    }
+    if md.required_kvm {
+        script.push_str("[ -c /dev/kvm ] || echo kvm\n");
+    }
     for f in &md.required_files {
         script.push_str(&format!("[ -e {q} ] || echo file {q}\n", q = quote(f)));
     }
@@ -578,9 +592,23 @@ fn guest_requirements(
         ));
     }
     let out = run_capture(guest, sh(&script), SETUP_TIMEOUT)?;
+    let kmods: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("kmod "))
+        .collect();
+    if !kmods.is_empty() {
+        // Kyua's words (os/freebsd/reqs_checker_kmods.cpp).
+        let names: String = kmods.iter().map(|k| format!(" {k}")).collect();
+        return Ok(Some(requirement(format!(
+            "Required kmods are not loaded:{names}."
+        ))));
+    }
     for line in out.stdout.lines() {
         let (kind, what) = line.split_once(' ').unwrap_or((line, ""));
         let reason = match kind {
+            "kvm" => "Requires /dev/kvm: the guest has no hardware virtualization (see `lab doctor`)"
+                .to_string(),
             "file" => format!("Required file '{what}' not found"),
             "prog" => format!("Required program '{what}' not found"),
             "path" => format!("Required program '{what}' not found in PATH"),

@@ -92,6 +92,16 @@ pub struct Metadata {
     pub required_disk_space: u64,
     /// Files that must exist in the guest.
     pub required_files: BTreeSet<String>,
+    /// Kernel modules that must be loaded (Kyua's `required_kmods`): lab loads them in the
+    /// guest (with modprobe, fetching them from lab as needed) before the case, and skips it
+    /// with Kyua's reason when that fails.
+    #[serde(default)]
+    pub required_kmods: BTreeSet<String>,
+    /// lab's own: the case runs KVM itself (`/dev/kvm`), so its VM boots with nested
+    /// virtualization and the guest loads its kvm module; skipped where the guest has no
+    /// `/dev/kvm` all the same.
+    #[serde(default)]
+    pub required_kvm: bool,
     /// Memory needed, in bytes.
     pub required_memory: u64,
     /// Programs that must exist in the guest (absolute, or looked up in PATH).
@@ -117,6 +127,8 @@ impl Default for Metadata {
             required_configs: BTreeSet::new(),
             required_disk_space: 0,
             required_files: BTreeSet::new(),
+            required_kmods: BTreeSet::new(),
+            required_kvm: false,
             required_memory: 0,
             required_programs: BTreeSet::new(),
             required_user: RequiredUser::Any,
@@ -125,7 +137,8 @@ impl Default for Metadata {
     }
 }
 
-/// The properties Kyua defines, in its order.
+/// The properties lab knows, in Kyua's order: Kyua's (0.14's `required_kmods` included), and
+/// lab's own `required_kvm` after Kyua's `required_files`/`required_kmods`.
 pub const PROPERTIES: &[&str] = &[
     "allowed_architectures",
     "allowed_platforms",
@@ -137,6 +150,8 @@ pub const PROPERTIES: &[&str] = &[
     "required_configs",
     "required_disk_space",
     "required_files",
+    "required_kmods",
+    "required_kvm",
     "required_memory",
     "required_programs",
     "required_user",
@@ -180,6 +195,11 @@ impl Metadata {
                     .ok_or_else(|| invalid("expected a size such as 512k or 1G"))?
             }
             "required_files" => self.required_files = words(),
+            "required_kmods" => self.required_kmods = words(),
+            "required_kvm" => {
+                self.required_kvm =
+                    parse_bool(value).ok_or_else(|| invalid("expected a boolean"))?
+            }
             "required_memory" => {
                 self.required_memory = parse_bytes(value)
                     .ok_or_else(|| invalid("expected a size such as 512k or 1G"))?
@@ -239,6 +259,8 @@ impl Metadata {
                 self.required_disk_space.to_string(),
             ),
             ("required_files".into(), join(&self.required_files)),
+            ("required_kmods".into(), join(&self.required_kmods)),
+            ("required_kvm".into(), self.required_kvm.to_string()),
             ("required_memory".into(), self.required_memory.to_string()),
             ("required_programs".into(), join(&self.required_programs)),
             ("required_user".into(), user.into()),
@@ -316,6 +338,8 @@ mod tests {
             ("required_configs", "a b"),
             ("required_disk_space", "1G"),
             ("required_files", "/etc/passwd"),
+            ("required_kmods", "veth  sch_ingress"),
+            ("required_kvm", "true"),
             ("required_memory", "64m"),
             ("required_programs", "/bin/sh ip"),
             ("required_user", "unprivileged"),
@@ -332,6 +356,8 @@ mod tests {
         assert_eq!(m.required_disk_space, 1 << 30);
         assert_eq!(m.required_memory, 64 << 20);
         assert_eq!(m.required_user, RequiredUser::Unprivileged);
+        assert_eq!(m.required_kmods.len(), 2);
+        assert!(m.required_kvm);
         assert_eq!(m.timeout, Duration::from_secs(12));
         assert_eq!(m.custom["owner"], "net team");
         let props = m.properties();
@@ -349,6 +375,7 @@ mod tests {
             ("required_memory", "lots"),
             ("required_user", "bob"),
             ("execenv", "chroot"),
+            ("required_kvm", "sometimes"),
         ] {
             assert!(
                 matches!(m.set(k, v), Err(MetadataError::Invalid { .. })),

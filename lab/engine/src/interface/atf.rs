@@ -274,6 +274,7 @@ fn lab_property(atf: &str) -> Option<String> {
         "require.config" => "required_configs",
         "require.diskspace" => "required_disk_space",
         "require.files" => "required_files",
+        "require.kmods" => "required_kmods",
         "require.machine" => "allowed_platforms",
         "require.memory" => "required_memory",
         "require.progs" => "required_programs",

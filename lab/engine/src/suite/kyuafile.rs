@@ -156,6 +156,7 @@ const LIST_PROPERTIES: &[&str] = &[
     "allowed_platforms",
     "required_configs",
     "required_files",
+    "required_kmods",
     "required_programs",
 ];
 
