@@ -17,6 +17,9 @@ pub struct DoctorArgs {
     /// Probe KVM again instead of trusting the cached verdicts.
     #[arg(long)]
     reprobe: bool,
+    /// Seconds the KVM probe gives each kernel to boot (nested hosts boot slowly).
+    #[arg(long, env = "LAB_PROBE_TIMEOUT", default_value_t = lab_engine::accel::DEFAULT_PROBE_DEADLINE.as_secs())]
+    probe_timeout: u64,
 }
 
 fn row(key: &str, value: &str) {
@@ -58,12 +61,11 @@ pub fn run(ui: &Ui, args: DoctorArgs) -> anyhow::Result<u8> {
             row("qemu", &format!("MISSING: {e}"));
         }
     }
+    row("lab VMM", &vmm_state());
+    for line in nesting(&access, backend.is_ok()) {
+        row("nested", &line);
+    }
     for (tool, package, why) in [
-        (
-            "setpriv",
-            "util-linux",
-            "VMs die with lab even if lab is killed",
-        ),
         ("apt-get", "apt", "fetching Debian kernels and packages"),
         ("apt-cache", "apt", "resolving Debian packages"),
         ("dpkg-deb", "dpkg", "unpacking Debian packages"),
@@ -89,11 +91,16 @@ pub fn run(ui: &Ui, args: DoctorArgs) -> anyhow::Result<u8> {
             installed.len()
         ),
     );
-    if !root_free() {
+    if !running_as_root() {
         row("user", "not root: fine, lab never needs root on the host");
     }
-    let backend = match backend {
-        Ok(b) => b,
+    let vmm_boots = access == KvmAccess::Usable && !accel::kvm_is_pvm();
+    let backend: Box<dyn lab_engine::vm::Backend> = match backend {
+        Ok(b) => Box::new(b),
+        Err(e) if vmm_boots => {
+            println!("\nwithout QEMU, kernels run only in the lab's own VMM (--backend kvm)");
+            Box::new(lab_engine::vm::MissingBackend::new("qemu", e.to_string(), "qemu-system-x86"))
+        }
         Err(_) => {
             println!("\nlab cannot boot VMs until QEMU is installed.");
             return Ok(1);
@@ -108,8 +115,7 @@ pub fn run(ui: &Ui, args: DoctorArgs) -> anyhow::Result<u8> {
         println!("\nno kernels installed yet: `lab kernel fetch {}` (or any command with -k) fetches one.", catalog::DEFAULT_KERNEL);
         return Ok(if problems > 0 { 1 } else { 0 });
     }
-    row("lab VMM", &vmm_state());
-    let mut lab = lab_engine::lab::Lab::new(cache, Box::new(backend), crate::GUEST_INIT);
+    let mut lab = lab_engine::lab::Lab::new(cache, backend, crate::GUEST_INIT);
     lab.set_vmm(Box::new(crate::vmm_backend()?));
     println!();
     for name in names {
@@ -125,12 +131,11 @@ pub fn run(ui: &Ui, args: DoctorArgs) -> anyhow::Result<u8> {
         if args.reprobe {
             lab.forget_verdicts(Some(&prepared.kernel.info.id))?;
         }
-        let choice = lab.choose_accel(
-            &prepared,
-            AccelArg::Auto.request(),
-            lab_engine::accel::ProbePolicy::default(),
-            &progress,
-        )?;
+        let policy = lab_engine::accel::ProbePolicy {
+            deadline: std::time::Duration::from_secs(args.probe_timeout.max(1)),
+            ..Default::default()
+        };
+        let choice = lab.choose_accel(&prepared, AccelArg::Auto.request(), policy, &progress)?;
         // `auto` runs a kernel in the lab's own VMM exactly when its KVM probe (made in that
         // VMM) booted it.
         let backend = match choice.accel {
@@ -162,7 +167,62 @@ fn vmm_state() -> String {
     }
 }
 
-/// Whether we run as root (only mentioned, never required).
-fn root_free() -> bool {
-    std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+/// Whether lab runs as root (only mentioned, never required): the effective uid from
+/// /proc/self/status, not `$USER`, which `sudo` and `su` leave as they found it.
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .as_deref()
+        .and_then(effective_uid)
+        == Some(0)
+}
+
+/// The effective uid in the text of /proc/self/status (`Uid: real effective saved fs`).
+fn effective_uid(status: &str) -> Option<u32> {
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Where guests can get hardware virtualization (`--nested`, `required_kvm`), per backend.
+fn nesting(access: &KvmAccess, have_qemu: bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    lines.push(if have_qemu {
+        "qemu/tcg: yes (QEMU's max CPU emulates AMD SVM with nested paging; slow)".to_string()
+    } else {
+        "qemu/tcg: no QEMU".to_string()
+    });
+    if *access != KvmAccess::Usable {
+        lines.push("qemu/kvm and the lab VMM: no usable /dev/kvm".to_string());
+        return lines;
+    }
+    if accel::kvm_is_pvm() {
+        lines.push(
+            "qemu/kvm and the lab VMM: no (kvm_pvm offers no VMX/SVM, and runs no stock kernel)"
+                .to_string(),
+        );
+        return lines;
+    }
+    lines.push(match accel::host_nested() {
+        Ok(why) => format!("qemu/kvm: yes ({why})"),
+        Err(why) => format!("qemu/kvm: no: {why}"),
+    });
+    lines.push(match lab_vmm::vstate::kvm::Kvm::new().map(|k| k.nested_virtualization()) {
+        Ok(Ok(Some(what))) => format!("lab VMM: yes (KVM offers {what} to its guests)"),
+        Ok(Ok(None)) => "lab VMM: no: KVM offers no VMX/SVM to its guests (nested=0)".to_string(),
+        Ok(Err(e)) | Err(e) => format!("lab VMM: unknown: {e}"),
+    });
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_the_effective_uid() {
+        let status = "Name:\tlab\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n";
+        assert_eq!(effective_uid(status), Some(0));
+        assert_eq!(effective_uid("Uid:\t1000\t1000\t1000\t1000\n"), Some(1000));
+        assert_eq!(effective_uid("nothing"), None);
+    }
 }

@@ -82,6 +82,31 @@ pub fn kvm_flavour() -> String {
     "unknown".to_string()
 }
 
+/// Whether QEMU under KVM can give guests hardware virtualization: the host's kvm_amd or
+/// kvm_intel `nested` parameter, in words (`Ok` when on, `Err` with why not).
+pub fn host_nested() -> Result<String, String> {
+    host_nested_in(Path::new("/sys/module"))
+}
+
+/// [`host_nested`] over a given `/sys/module`.
+pub fn host_nested_in(sys_module: &Path) -> Result<String, String> {
+    for module in ["kvm_amd", "kvm_intel"] {
+        let dir = sys_module.join(module);
+        if !dir.exists() {
+            continue;
+        }
+        let value = std::fs::read_to_string(dir.join("parameters/nested")).unwrap_or_default();
+        return match value.trim() {
+            "1" | "Y" | "y" => Ok(format!("{module} runs with nested=1")),
+            other => Err(format!(
+                "{module} runs with nested={} (as root: modprobe -r {module}; modprobe {module} nested=1)",
+                if other.is_empty() { "?" } else { other }
+            )),
+        };
+    }
+    Err("no kvm_amd or kvm_intel on this host".into())
+}
+
 /// The host kernel's release.
 pub fn host_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -402,6 +427,19 @@ mod tests {
                 assert!(c.reason.contains("lab doctor --reprobe"), "{}", c.reason);
             }
         }
+    }
+
+    #[test]
+    fn nesting_is_read_from_the_kvm_modules_parameter() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(host_nested_in(dir.path()).unwrap_err().contains("no kvm_amd"));
+        let params = dir.path().join("kvm_amd/parameters");
+        std::fs::create_dir_all(&params).unwrap();
+        std::fs::write(params.join("nested"), "0\n").unwrap();
+        let why = host_nested_in(dir.path()).unwrap_err();
+        assert!(why.contains("nested=0") && why.contains("modprobe kvm_amd nested=1"), "{why}");
+        std::fs::write(params.join("nested"), "1\n").unwrap();
+        assert_eq!(host_nested_in(dir.path()).unwrap(), "kvm_amd runs with nested=1");
     }
 
     #[test]

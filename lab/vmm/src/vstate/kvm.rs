@@ -102,6 +102,27 @@ impl Kvm {
         self.kvm.check_extension(Cap::TscDeadlineTimer)
     }
 
+    /// Which hardware virtualization this KVM can give its guests (nested): `Some("svm")` or
+    /// `Some("vmx")` when KVM_GET_SUPPORTED_CPUID offers it (the host's kvm_amd/kvm_intel runs
+    /// with `nested=1`), `None` otherwise.
+    pub fn nested_virtualization(&self) -> Result<Option<&'static str>, KvmError> {
+        use crate::arch::x86_64::cpuid::{LEAF1_ECX_VMX, LEAF_EXT1_ECX_SVM};
+        let cpuid = self.supported_cpuid()?;
+        let has = |function: u32, bit: u32| {
+            cpuid
+                .as_slice()
+                .iter()
+                .any(|e| e.function == function && e.ecx & bit != 0)
+        };
+        Ok(if has(0x8000_0001, LEAF_EXT1_ECX_SVM) {
+            Some("svm")
+        } else if has(0x1, LEAF1_ECX_VMX) {
+            Some("vmx")
+        } else {
+            None
+        })
+    }
+
     /// Whether this host's KVM runs guest kernel-mode code in its instruction emulator: the
     /// pagetable-based `kvm_pvm` module (a nested host). Such a host cannot run stock Linux
     /// guests; CPUID shaping hides what its emulator lacks.
