@@ -50,13 +50,27 @@ done
 check "/tmp is writable" sh -c 'echo lab > /tmp/smoke && [ "$(cat /tmp/smoke)" = lab ]'
 check "/dev/null and /dev/console exist" sh -c '[ -c /dev/null ] && [ -c /dev/console ]'
 check "environment is set (HOME a writable work directory, TZ=UTC, PATH)" sh -c '[ -d "$HOME" ] && [ -w "$HOME" ] && [ "$TZ" = UTC ] && case "$PATH" in */bin*) true;; *) false;; esac'
-if [ -f "/lib/modules/$(uname -r)/modules.dep" ]; then
-    for m in $(sed 's/:.*//; s/\.ko$//' "/lib/modules/$(uname -r)/modules.dep"); do
-        check "module $m loaded" sh -c "grep -q '^$m ' /proc/modules"
+# The modules lab's boot list names (the agent channel's, --module's), each with what it needs,
+# are loaded; without a boot list (an older image), every module of modules.dep.
+moddir=/lib/modules/$(uname -r)
+if [ -f /lab/modules.boot ]; then
+    boot=$(cat /lab/modules.boot)
+elif [ -f "$moddir/modules.dep" ]; then
+    boot=$(sed 's/:.*//; s/\.ko$//; s/.*\///' "$moddir/modules.dep")
+fi
+if [ -n "${boot:-}" ]; then
+    for m in $boot; do
+        m=$(echo "$m" | tr - _)
+        if grep -q "/$m.ko:" "$moddir/modules.dep" 2>/dev/null || grep -q "^$m.ko:" "$moddir/modules.dep" 2>/dev/null; then
+            check "module $m loaded" sh -c "grep -q '^$m ' /proc/modules"
+        else
+            check "module $m built in" sh -c "grep -q '/$m.ko\$' $moddir/modules.builtin 2>/dev/null || [ -d /sys/module/$m ] || [ ! -f $moddir/modules.builtin ]"
+        fi
     done
 else
     skip "modules loaded" "this kernel carries no modules (built in)"
 fi
+check "modprobe is lab's" sh -c '[ "$(readlink /sbin/modprobe)" = /init ] && [ "$(command -v modprobe)" = /usr/sbin/modprobe ]'
 check "vsock address family available" sh -c 'grep -qw vsock /proc/modules || grep -q "vsock" /proc/kallsyms 2>/dev/null || [ -d /sys/module/vsock ]'
 check "loopback can be brought up" ip link set lo up
 check "new pid, net, uts, ipc and mount namespaces" unshare -p -n -u -i -m -f sh -c '[ "$$" = 1 ] && hostname inner && [ "$(hostname)" = inner ]'

@@ -245,6 +245,7 @@ fn session(
         puts_data.push((put, data, mode));
     }
     let mut lab = crate::open_lab(&args.vm)?;
+    crate::setup_carry(ui, &mut lab, &args.vm, std::slice::from_ref(&args.kernel))?;
     let (prepared, accel) = prepare(ui, &mut lab, &args.kernel, &extras, &args.vm)?;
     let timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
     let opts: BootOptions = args.vm.boot_options(accel, timeout);

@@ -217,6 +217,24 @@ pub struct VmArgs {
     /// nested=1). The guest loads its kvm module at boot; `lab doctor` says where this works.
     #[arg(long)]
     nested: bool,
+    /// A host file or directory the guest carries at the same absolute path (a program with
+    /// the shared libraries it loads); repeat for more. It lives in guest RAM.
+    #[arg(long = "carry", value_name = "PATH")]
+    carry: Vec<PathBuf>,
+    /// Carry lab itself into the guest (its binary as /usr/local/bin/lab with its libraries,
+    /// and the cache an inner `lab boot`/`lab test` needs: KERNELS, comma-separated, by
+    /// default this command's, with their boot and kvm modules, busybox and the guest
+    /// packages), so that lab runs inside a guest with no network and no apt. With --nested,
+    /// the inner lab runs its VMs in the lab VMM (`--backend kvm`).
+    #[arg(
+        long = "with-lab",
+        value_name = "KERNELS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "",
+        value_delimiter = ','
+    )]
+    with_lab: Option<Vec<String>>,
 }
 
 impl VmArgs {
@@ -309,6 +327,53 @@ pub fn open_lab(setup: impl Into<LabSetup>) -> anyhow::Result<Lab> {
     // The lab's own VMM (this program as `lab __vmm`): used where KVM boots the kernel in it.
     lab.set_vmm(Box::new(vmm_backend()?));
     Ok(lab)
+}
+
+/// Gives `lab`'s guests the host files `vm` asks to carry: `--carry` paths, and with
+/// `--with-lab` lab itself with the cache for its kernels (`default_kernels` unless named).
+pub fn setup_carry(
+    ui: &ui::Ui,
+    lab: &mut Lab,
+    vm: &VmArgs,
+    default_kernels: &[String],
+) -> anyhow::Result<()> {
+    use lab_engine::carry::{self, Carry};
+    if vm.carry.is_empty() && vm.with_lab.is_none() {
+        return Ok(());
+    }
+    let mut gathered = match &vm.with_lab {
+        None => Carry::new(),
+        Some(names) => {
+            let names: Vec<String> = match names.iter().filter(|n| !n.is_empty()).count() {
+                0 => default_kernels.to_vec(),
+                _ => names.iter().filter(|n| !n.is_empty()).cloned().collect(),
+            };
+            let progress = |line: &str| ui.progress(line);
+            let mut kernels = Vec::new();
+            for name in &names {
+                let kernel = lab.kernel(name, &progress)?;
+                lab_kernel::catalog::ensure_module_tree(lab.cache(), &kernel, &progress)?;
+                kernels.push(kernel);
+            }
+            // What an inner `lab test` asks for, resolved and layered here, where apt is.
+            lab_kernel::guest_packages::GuestPackages::new(
+                lab_engine::guest::DEFAULT_TEST_PACKAGES.iter().copied(),
+            )
+            .layer(lab.cache(), &progress)?;
+            let exe = std::env::current_exe()?;
+            carry::lab_itself(lab.cache(), &exe, &kernels, lab.boot_modules())?
+        }
+    };
+    for path in &vm.carry {
+        let abs = if path.is_absolute() {
+            path.clone()
+        } else {
+            std::env::current_dir()?.join(path)
+        };
+        gathered.add_path(&abs)?;
+    }
+    lab.set_carry(gathered);
+    Ok(())
 }
 
 /// QEMU as a backend, its agents on `channel`; where QEMU is not installed, a backend that

@@ -227,6 +227,7 @@ pub fn test(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
     }
     let vm = vm_for(&args.vm, &programs);
     let mut lab = open_test_lab(&vm)?;
+    crate::setup_carry(ui, &mut lab, &vm, &args.kernel)?;
     let unbuilt = build_programs(&lab, &mut programs)?;
     let mut kernels = HashMap::new();
     for name in &args.kernel {

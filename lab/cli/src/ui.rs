@@ -109,6 +109,14 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
         {
             return exit::USAGE;
         }
+        // A path to carry that does not exist or is not absolute is the user's input.
+        if let Some(
+            lab_engine::carry::CarryError::Read { .. }
+            | lab_engine::carry::CarryError::Unsupported { .. },
+        ) = e.downcast_ref::<lab_engine::carry::CarryError>()
+        {
+            return exit::USAGE;
+        }
         if let Some(LabError::Guest(
             lab_engine::guest::GuestError::BadExtra(_)
             | lab_engine::guest::GuestError::NoSuchModule { .. },

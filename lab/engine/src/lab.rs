@@ -15,6 +15,7 @@ use crate::accel::{
     self, AccelChoice, AccelRequest, ChoiceInput, KvmAccess, ProbePolicy, Verdict, Verdicts,
 };
 use crate::cancel::Cancel;
+use crate::carry::Carry;
 use crate::guest::{self, ExtraFile, GuestError, GuestModules, Userland};
 use crate::scratch;
 use crate::session::{self, BootOptions, BootRequest, JobReport, SessionError, SessionEvent, Vm};
@@ -38,6 +39,9 @@ pub enum LabError {
     /// The guest's extra packages could not be resolved, fetched or layered.
     #[error("failed to add guest packages")]
     Packages(#[from] GuestPackagesError),
+    /// The carried host files could not be gathered or layered.
+    #[error("failed to carry host files into the guest")]
+    Carry(#[from] crate::carry::CarryError),
 }
 
 /// The lab: cache, backend and guest agent.
@@ -53,6 +57,8 @@ pub struct Lab {
     packages_layer: Option<Layer>,
     /// Modules every guest of this lab loads at boot or carries.
     modules: GuestModules,
+    /// Host files every guest carries, and their layer once built.
+    carry: Option<(Carry, Option<PathBuf>)>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -94,7 +100,18 @@ impl Lab {
             guest_packages: GuestPackages::default(),
             packages_layer: None,
             modules: GuestModules::default(),
+            carry: None,
         }
+    }
+
+    /// Host files every guest of this lab carries ([`Carry`]: `--carry`, `--with-lab`).
+    pub fn set_carry(&mut self, carry: Carry) {
+        self.carry = (!carry.is_empty()).then_some((carry, None));
+    }
+
+    /// The modules guests of this lab load at boot.
+    pub fn boot_modules(&self) -> &[String] {
+        &self.modules.boot
     }
 
     /// Modules every guest of this lab loads at boot (`--module`, by name or alias, with
@@ -201,13 +218,18 @@ impl Lab {
             extras,
             &self.modules,
         )?;
-        let (initrd, packages) = match self.packages_layer(progress)? {
-            Some(layer) => (
-                guest::stacked_image(&self.cache, &base_image, &[layer.path])?,
-                layer.packages,
-            ),
-            None => (base_image.clone(), Vec::new()),
+        let mut layers = Vec::new();
+        let packages = match self.packages_layer(progress)? {
+            Some(layer) => {
+                layers.push(layer.path);
+                layer.packages
+            }
+            None => Vec::new(),
         };
+        if let Some(layer) = self.carry_layer(progress)? {
+            layers.push(layer);
+        }
+        let initrd = guest::stacked_image(&self.cache, &base_image, &layers)?;
         let modules = kernel.module_source();
         Ok(Prepared {
             kernel,
@@ -227,6 +249,21 @@ impl Lab {
             self.packages_layer = Some(self.guest_packages.layer(&self.cache, progress)?);
         }
         Ok(self.packages_layer.clone())
+    }
+
+    /// The layer of the carried files, built on first use; `None` without any.
+    fn carry_layer(&mut self, progress: Progress<'_>) -> Result<Option<PathBuf>, LabError> {
+        let Some((carry, layer)) = &mut self.carry else {
+            return Ok(None);
+        };
+        if layer.is_none() {
+            progress(&format!(
+                "writing the layer of carried files ({} MiB)",
+                carry.bytes() >> 20
+            ));
+            *layer = Some(carry.layer(&self.cache)?);
+        }
+        Ok(layer.clone())
     }
 
     /// Boots `prepared` and runs `job` in it with `opts.run_timeout`, then powers off.

@@ -4,6 +4,7 @@
 
 pub mod accel;
 pub mod cancel;
+pub mod carry;
 pub mod console;
 pub(crate) mod executor;
 pub mod guest;

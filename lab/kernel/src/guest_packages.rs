@@ -214,6 +214,23 @@ impl GuestPackages {
     /// The dependency closure at apt's candidate versions, sorted by name. Remembered in the
     /// cache until apt's package lists change.
     pub fn resolve(&self, cache: &Cache) -> Result<Vec<ResolvedPackage>, GuestPackagesError> {
+        self.resolve_with(cache, lists_fingerprint(), &mut |names| {
+            apt_show(names).map_err(|source| GuestPackagesError::Apt {
+                packages: names.join(" "),
+                source,
+            })
+        })
+    }
+
+    /// [`GuestPackages::resolve`] with apt's lists fingerprinted as `fingerprint` (`None`: no
+    /// lists) and candidates looked up with `lookup`. Without lists, the last resolution of
+    /// the same names stands (a guest carrying lab's cache has no apt lists).
+    fn resolve_with(
+        &self,
+        cache: &Cache,
+        fingerprint: Option<String>,
+        lookup: &mut Lookup<'_>,
+    ) -> Result<Vec<ResolvedPackage>, GuestPackagesError> {
         if self.is_empty() {
             return Ok(Vec::new());
         }
@@ -225,34 +242,37 @@ impl GuestPackages {
                 });
             }
         }
-        let Some(fingerprint) = lists_fingerprint() else {
-            return Err(GuestPackagesError::NoLists {
+        let dir = cache.state_dir()?.join("guest-packages");
+        let mut sorted = self.names.clone();
+        sorted.sort();
+        let by_names = dir.join(format!("names-{}.json", names_key(&sorted)));
+        let read = |path: &Path| {
+            fs::read(path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Vec<ResolvedPackage>>(&b).ok())
+        };
+        let Some(fingerprint) = fingerprint else {
+            // No package lists (a guest with lab in it, a machine that never ran apt update):
+            // the last resolution of these names stands, if there is one.
+            return read(&by_names).ok_or(GuestPackagesError::NoLists {
                 packages: requested,
             });
         };
         let mut h = Sha256::new();
         h.update(b"lab-guest-packages-resolution-v1\0");
         h.update(fingerprint.as_bytes());
-        let mut sorted = self.names.clone();
-        sorted.sort();
         for name in &sorted {
             h.update(name.as_bytes());
             h.update(b"\0");
         }
-        let dir = cache.state_dir()?.join("guest-packages");
         let record = dir.join(format!("{}.json", hex(&h.finalize())));
-        if let Some(resolved) = fs::read(&record)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Vec<ResolvedPackage>>(&b).ok())
-        {
+        if let Some(resolved) = read(&record) {
+            if !by_names.exists() {
+                let _ = save_atomically(&dir, &by_names, &resolved);
+            }
             return Ok(resolved);
         }
-        let stanzas = closure(&self.names, &mut |names| {
-            apt_show(names).map_err(|source| GuestPackagesError::Apt {
-                packages: names.join(" "),
-                source,
-            })
-        })?;
+        let stanzas = closure(&self.names, lookup)?;
         let mut resolved: Vec<ResolvedPackage> = stanzas
             .into_iter()
             .map(|s| ResolvedPackage {
@@ -263,6 +283,7 @@ impl GuestPackages {
         resolved.sort();
         // Only a cache: failing to save costs apt queries next time, nothing else.
         let _ = save_atomically(&dir, &record, &resolved);
+        let _ = save_atomically(&dir, &by_names, &resolved);
         Ok(resolved)
     }
 
@@ -306,6 +327,17 @@ impl GuestPackages {
             .map_err(|e| InitramfsError::Write(e.error))?;
         Ok(Layer { path, packages })
     }
+}
+
+/// The key of the offline record of a resolution: the SHA-256 (hex) of the sorted names.
+fn names_key(sorted: &[String]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"lab-guest-packages-names-v1\0");
+    for name in sorted {
+        h.update(name.as_bytes());
+        h.update(b"\0");
+    }
+    hex(&h.finalize())
 }
 
 /// The layer's cache key: the SHA-256 (hex) of the sorted (package, version) list and
@@ -854,6 +886,39 @@ mod tests {
             names
         });
         (got, calls)
+    }
+
+    #[test]
+    fn without_apt_lists_the_last_resolution_of_the_names_stands() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = Cache::at(root.path());
+        let archive = archive();
+        let calls = std::cell::Cell::new(0);
+        let mut lookup = |names: &[String]| -> Result<Vec<Stanza>, GuestPackagesError> {
+            calls.set(calls.get() + 1);
+            Ok(archive
+                .iter()
+                .filter(|s| names.contains(&s.package))
+                .cloned()
+                .collect())
+        };
+        let pkgs = GuestPackages::new(["atf-sh"]);
+        let none = pkgs.resolve_with(&cache, None, &mut lookup);
+        assert!(matches!(none, Err(GuestPackagesError::NoLists { .. })), "{none:?}");
+        let online = pkgs
+            .resolve_with(&cache, Some("lists-1".into()), &mut lookup)
+            .unwrap();
+        assert!(!online.is_empty());
+        let asked = calls.get();
+        // Offline, and in another order: the same packages, apt not asked.
+        let offline = GuestPackages::new(["atf-sh"])
+            .resolve_with(&cache, None, &mut lookup)
+            .unwrap();
+        assert_eq!(offline, online);
+        assert_eq!(calls.get(), asked);
+        assert!(GuestPackages::new(["bash"])
+            .resolve_with(&cache, None, &mut lookup)
+            .is_err());
     }
 
     #[test]
