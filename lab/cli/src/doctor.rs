@@ -99,7 +99,11 @@ pub fn run(ui: &Ui, args: DoctorArgs) -> anyhow::Result<u8> {
         Ok(b) => Box::new(b),
         Err(e) if vmm_boots => {
             println!("\nwithout QEMU, kernels run only in the lab's own VMM (--backend kvm)");
-            Box::new(lab_engine::vm::MissingBackend::new("qemu", e.to_string(), "qemu-system-x86"))
+            Box::new(lab_engine::vm::MissingBackend::new(
+                "qemu",
+                e.to_string(),
+                "qemu-system-x86",
+            ))
         }
         Err(_) => {
             println!("\nlab cannot boot VMs until QEMU is installed.");
@@ -206,11 +210,15 @@ fn nesting(access: &KvmAccess, have_qemu: bool) -> Vec<String> {
         Ok(why) => format!("qemu/kvm: yes ({why})"),
         Err(why) => format!("qemu/kvm: no: {why}"),
     });
-    lines.push(match lab_vmm::vstate::kvm::Kvm::new().map(|k| k.nested_virtualization()) {
-        Ok(Ok(Some(what))) => format!("lab VMM: yes (KVM offers {what} to its guests)"),
-        Ok(Ok(None)) => "lab VMM: no: KVM offers no VMX/SVM to its guests (nested=0)".to_string(),
-        Ok(Err(e)) | Err(e) => format!("lab VMM: unknown: {e}"),
-    });
+    lines.push(
+        match lab_vmm::vstate::kvm::Kvm::new().map(|k| k.nested_virtualization()) {
+            Ok(Ok(Some(what))) => format!("lab VMM: yes (KVM offers {what} to its guests)"),
+            Ok(Ok(None)) => {
+                "lab VMM: no: KVM offers no VMX/SVM to its guests (nested=0)".to_string()
+            }
+            Ok(Err(e)) | Err(e) => format!("lab VMM: unknown: {e}"),
+        },
+    );
     lines
 }
 

@@ -400,7 +400,10 @@ pub fn debug(ui: &Ui, cancel: &Cancel, args: DebugArgs) -> anyhow::Result<u8> {
     }
     let (prepared, accel) = crate::boot::prepare(ui, &mut lab, &args.kernel, &[], &vm)?;
     let mut kernels = HashMap::new();
-    kernels.insert(args.kernel.clone(), (prepared, vm.boot_options(accel, None)));
+    kernels.insert(
+        args.kernel.clone(),
+        (prepared, vm.boot_options(accel, None)),
+    );
     let launcher = VmLauncher::new(&lab, kernels, cancel.clone());
     let plan = Plan {
         kernels: vec![args.kernel.clone()],

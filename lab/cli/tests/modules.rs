@@ -211,5 +211,8 @@ fn kyuafile_kmods_and_kvm_give_the_expected_verdicts() {
     let got = verdicts(&stdout(&out));
     assert_verdicts(&got, &expected(&tree), &["debian-6.1", "debian-6.12"]);
     let absent = &got[&("debian-6.1".to_string(), "absent.sh:main".to_string())];
-    assert_eq!(absent.1, "Required kmods are not loaded: lab_no_such_module.");
+    assert_eq!(
+        absent.1,
+        "Required kmods are not loaded: lab_no_such_module."
+    );
 }

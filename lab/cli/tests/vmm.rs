@@ -82,7 +82,16 @@ fn the_lab_vmm_runs_where_qemu_is_not_installed() {
     }
     let s = Scratch::new();
     let out = without_qemu(&mut s.lab())
-        .args(["boot", "--backend", "kvm", "-k", "debian-6.1", "--", "uname", "-r"])
+        .args([
+            "boot",
+            "--backend",
+            "kvm",
+            "-k",
+            "debian-6.1",
+            "--",
+            "uname",
+            "-r",
+        ])
         .output()
         .expect("lab runs");
     s.assert_clean();

@@ -432,14 +432,22 @@ mod tests {
     #[test]
     fn nesting_is_read_from_the_kvm_modules_parameter() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(host_nested_in(dir.path()).unwrap_err().contains("no kvm_amd"));
+        assert!(host_nested_in(dir.path())
+            .unwrap_err()
+            .contains("no kvm_amd"));
         let params = dir.path().join("kvm_amd/parameters");
         std::fs::create_dir_all(&params).unwrap();
         std::fs::write(params.join("nested"), "0\n").unwrap();
         let why = host_nested_in(dir.path()).unwrap_err();
-        assert!(why.contains("nested=0") && why.contains("modprobe kvm_amd nested=1"), "{why}");
+        assert!(
+            why.contains("nested=0") && why.contains("modprobe kvm_amd nested=1"),
+            "{why}"
+        );
         std::fs::write(params.join("nested"), "1\n").unwrap();
-        assert_eq!(host_nested_in(dir.path()).unwrap(), "kvm_amd runs with nested=1");
+        assert_eq!(
+            host_nested_in(dir.path()).unwrap(),
+            "kvm_amd runs with nested=1"
+        );
     }
 
     #[test]

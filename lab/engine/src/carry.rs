@@ -123,7 +123,11 @@ impl Carry {
         let kind = meta.file_type();
         if kind.is_symlink() {
             let target = fs::read_link(host).map_err(read)?;
-            self.insert(guest, Entry::Symlink(target.to_string_lossy().into_owned()), 0)?;
+            self.insert(
+                guest,
+                Entry::Symlink(target.to_string_lossy().into_owned()),
+                0,
+            )?;
             // What it points at comes along (a library's real file, a program's).
             let resolved = fs::canonicalize(host).map_err(read)?;
             return self.add_at(&resolved, &resolved.to_string_lossy());
@@ -137,7 +141,8 @@ impl Carry {
             children.sort_by_key(|e| e.file_name());
             for child in children {
                 let name = child.file_name();
-                let guest_child = format!("{}/{}", guest.trim_end_matches('/'), name.to_string_lossy());
+                let guest_child =
+                    format!("{}/{}", guest.trim_end_matches('/'), name.to_string_lossy());
                 self.add_at(&child.path(), &guest_child)?;
             }
             return Ok(());
@@ -237,12 +242,14 @@ fn libraries(program: &Path) -> Result<Vec<PathBuf>, CarryError> {
 fn parse_ldd(text: &str) -> Result<Vec<PathBuf>, String> {
     let mut libs = Vec::new();
     for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.contains("statically linked") || line.starts_with("linux-vdso")
-        {
+        if line.is_empty() || line.contains("statically linked") || line.starts_with("linux-vdso") {
             continue;
         }
         if line.contains("=> not found") {
-            return Err(format!("{} is not found on this host", line.split_whitespace().next().unwrap_or(line)));
+            return Err(format!(
+                "{} is not found on this host",
+                line.split_whitespace().next().unwrap_or(line)
+            ));
         }
         let path = match line.split_once("=>") {
             Some((_, rest)) => rest.split_whitespace().next(),
@@ -386,7 +393,12 @@ fn newest(dir: &Path, prefix: &str) -> Option<PathBuf> {
         .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
         .map(|e| e.path())
         .filter(|p| p.join(".complete").is_file())
-        .max_by_key(|p| p.join(".complete").metadata().and_then(|m| m.modified()).ok())
+        .max_by_key(|p| {
+            p.join(".complete")
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+        })
 }
 
 #[cfg(test)]
@@ -420,8 +432,12 @@ mod tests {
         let paths: Vec<&String> = carry.entries.keys().collect();
         assert!(paths.iter().any(|p| p.ends_with("/libc.so.6")), "{paths:?}");
         assert!(paths.iter().any(|p| p.contains("ld-linux")), "{paths:?}");
-        assert!(carry.entries.contains_key(&usr_merged(&sh.to_string_lossy())));
-        assert!(paths.iter().all(|p| !p.starts_with("/lib/") && !p.starts_with("/bin/")));
+        assert!(carry
+            .entries
+            .contains_key(&usr_merged(&sh.to_string_lossy())));
+        assert!(paths
+            .iter()
+            .all(|p| !p.starts_with("/lib/") && !p.starts_with("/bin/")));
         assert!(carry.bytes() > 0);
     }
 

@@ -607,8 +607,10 @@ fn guest_requirements(
     for line in out.stdout.lines() {
         let (kind, what) = line.split_once(' ').unwrap_or((line, ""));
         let reason = match kind {
-            "kvm" => "Requires /dev/kvm: the guest has no hardware virtualization (see `lab doctor`)"
-                .to_string(),
+            "kvm" => {
+                "Requires /dev/kvm: the guest has no hardware virtualization (see `lab doctor`)"
+                    .to_string()
+            }
             "file" => format!("Required file '{what}' not found"),
             "prog" => format!("Required program '{what}' not found"),
             "path" => format!("Required program '{what}' not found in PATH"),

@@ -573,7 +573,11 @@ mod tests {
         assert_eq!(index.release, "6.12.9-cloud-amd64");
         assert_eq!(
             index.load_order(&["vmw_vsock_virtio_transport"]).unwrap(),
-            ["vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"]
+            [
+                "vsock",
+                "vmw_vsock_virtio_transport_common",
+                "vmw_vsock_virtio_transport"
+            ]
         );
         assert!(index.builtin.contains("virtio_ring"));
 

@@ -904,7 +904,10 @@ mod tests {
         };
         let pkgs = GuestPackages::new(["atf-sh"]);
         let none = pkgs.resolve_with(&cache, None, &mut lookup);
-        assert!(matches!(none, Err(GuestPackagesError::NoLists { .. })), "{none:?}");
+        assert!(
+            matches!(none, Err(GuestPackagesError::NoLists { .. })),
+            "{none:?}"
+        );
         let online = pkgs
             .resolve_with(&cache, Some("lists-1".into()), &mut lookup)
             .unwrap();
