@@ -5,9 +5,11 @@
 //! targets (`<progtype>/tail/<map>/<index>`) fill its prog arrays (see `tail`). The contract
 //! is `notes/bpf-contract.md`'s.
 
+mod btf;
 mod cli;
 mod elf;
 mod load;
+mod object;
 mod progtype;
 mod report;
 mod run;
@@ -21,7 +23,7 @@ pub use cli::main;
 pub enum BpfError {
     #[error("invalid object: {0}")]
     Elf(String),
-    #[error("cannot rename sections for aya-obj: {0}")]
+    #[error("cannot prepare the object for aya-obj: {0}")]
     Rename(String),
     #[error("aya-obj cannot parse the object")]
     Parse(#[source] aya_obj::ParseError),
@@ -33,10 +35,10 @@ pub enum BpfError {
     Relocate(#[source] aya_obj::relocation::EbpfRelocationError),
     #[error("cannot create map {0}")]
     MapCreate(String, #[source] std::io::Error),
-    #[error("section {0} holds no program")]
-    NoProgram(usize),
-    #[error("section {0} holds more than one program")]
-    SeveralPrograms(usize),
+    #[error("the object has no program {0}")]
+    NoProgram(String),
+    #[error("{0}")]
+    Global(String),
 }
 
 /// `e` and its sources, joined by ": ".

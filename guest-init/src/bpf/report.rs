@@ -42,6 +42,8 @@ pub struct Report {
     pub stages: Vec<StageRun>,
     /// `suite_result_map[0]` in lowercase hex; None where the object has no such map.
     pub result_map: Option<String>,
+    /// Wall time of the test in a shared-object run (its stages, result read and map clears).
+    pub wall_ns: Option<u64>,
 }
 
 impl Report {
@@ -53,6 +55,7 @@ impl Report {
             verifier_log: None,
             stages: Vec::new(),
             result_map: None,
+            wall_ns: None,
         }
     }
 
@@ -102,6 +105,9 @@ impl Report {
         match &self.result_map {
             Some(hex) => string(&mut out, hex),
             None => out.push_str("null"),
+        }
+        if let Some(ns) = self.wall_ns {
+            let _ = write!(out, ",\"wall_ns\":{ns}");
         }
         out.push('}');
         out

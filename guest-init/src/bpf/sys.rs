@@ -143,6 +143,15 @@ pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Resu
     bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr).map(drop)
 }
 
+/// `BPF_OBJ_PIN`: the map or program `fd` at `path` in a bpffs.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &CStr) -> io::Result<()> {
+    let mut attr = zeroed();
+    // Writing fields of a union is safe; `path` outlives the call.
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    attr.__bindgen_anon_4.bpf_fd = fd.as_raw_fd() as u32;
+    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
 /// `BPF_MAP_FREEZE`: the map becomes read-only from user space (as libbpf does for `.rodata`).
 pub fn map_freeze(map: BorrowedFd<'_>) -> io::Result<()> {
     // Only map_fd: the kernel wants every byte after it zero.
