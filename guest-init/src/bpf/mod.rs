@@ -39,6 +39,9 @@ pub enum BpfError {
     NoProgram(String),
     #[error("{0}")]
     Global(String),
+    /// Something the object uses that lab's loader does not do, named.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 /// `e` and its sources, joined by ": ".

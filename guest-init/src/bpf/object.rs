@@ -100,6 +100,9 @@ impl Object {
             ),
             None => None,
         };
+        if let Some(btf) = &btf {
+            refuse_externs(btf)?;
+        }
         let programs = programs(&elf, &symbols);
         let tests = elf.tests();
         let legacy_maps = legacy_maps(&elf, data, &symbols);
@@ -422,6 +425,25 @@ fn fix_offsets(vars: &mut [super::btf::SecVar], symbols: &[Symbol], section: usi
     }
 }
 
+/// libbpf's extern sections, which the loader does not resolve: `.kconfig` (values from the
+/// kernel's configuration) and `.ksyms` (kernel symbols). Named, rather than failing later as
+/// an unresolved relocation.
+fn refuse_externs(btf: &Btf) -> Result<(), BpfError> {
+    for (section, what) in [
+        (".kconfig", "libbpf's __kconfig externs"),
+        (".ksyms", "libbpf's __ksym externs"),
+    ] {
+        if let Some(vars) = btf.datasec(section).filter(|v| !v.is_empty()) {
+            let names: Vec<&str> = vars.iter().map(|v| v.name.as_str()).collect();
+            return Err(BpfError::Unsupported(format!(
+                "{what} ({}), in section {section}",
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The variables of the object's data sections.
 fn globals(elf: &Elf, btf: &Btf, symbols: &[Symbol]) -> BTreeMap<String, Global> {
     let mut out = BTreeMap::new();
@@ -502,6 +524,25 @@ mod tests {
         for bad in ["xdp/1", "2/", "/1", "2/x", "tc/test/a/check", "2"] {
             assert_eq!(iproute2_section(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn libbpf_externs_are_named_unsupported() {
+        use crate::bpf::btf::tests::Builder;
+        let mut b = Builder::new();
+        let int = b.int("unsigned int", 4);
+        let v = b.var("LINUX_KERNEL_VERSION", int);
+        b.datasec(".kconfig", 4, &[(v, 0, 4)]);
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert_eq!(
+            refuse_externs(&btf).unwrap_err().to_string(),
+            "unsupported: libbpf's __kconfig externs (LINUX_KERNEL_VERSION), in section .kconfig"
+        );
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let v = b.var("x", int);
+        b.datasec(".data", 4, &[(v, 0, 4)]);
+        assert!(refuse_externs(&Btf::parse(&b.build()).unwrap()).is_ok());
     }
 
     #[test]
