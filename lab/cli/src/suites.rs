@@ -165,7 +165,11 @@ fn build_programs(
     lab: &lab_engine::lab::Lab,
     programs: &mut [TestProgram],
 ) -> anyhow::Result<Vec<(usize, String)>> {
-    let needs = |p: &TestProgram| p.path.ends_with(".c") && p.built.is_none();
+    let needs = |p: &TestProgram| {
+        (p.path.ends_with(".c") && p.built.is_none())
+            || (p.bpf.maps_setup.as_ref().is_some_and(|s| s.ends_with(".c"))
+                && p.bpf.maps_setup_built.is_none())
+    };
     if !programs.iter().any(needs) {
         return Ok(Vec::new());
     }
@@ -175,10 +179,24 @@ fn build_programs(
         if !needs(p) || !p.host_path().is_file() {
             continue;
         }
+        // A maps setup program in C, built as test programs in C are.
+        if let Some(rel) = p.bpf.maps_setup.clone().filter(|s| s.ends_with(".c")) {
+            match lab_engine::suite::c_build::build(&p.root.join(&rel), &p.root, &cache) {
+                Ok(exe) => p.bpf.maps_setup_built = Some(exe),
+                Err(e) => {
+                    unbuilt.push((i, relative_to_root(&error_text(&e), &p.root)));
+                    continue;
+                }
+            }
+        }
+        if !p.path.ends_with(".c") || p.built.is_some() {
+            continue;
+        }
         // BPF sources become objects; other test programs in C become executables (with
         // the BPF objects beside them that they load).
         let built = if p.interface == lab_model::Interface::Bpf {
-            lab_engine::suite::bpf_build::build(&p.host_path(), &p.root, &cache)
+            bpf_builder(p)
+                .build(&p.host_path(), &p.root, &cache)
                 .map_err(|e| error_text(&e))
         } else {
             lab_engine::suite::c_build::build(&p.host_path(), &p.root, &cache)
@@ -186,10 +204,75 @@ fn build_programs(
         };
         match built {
             Ok(artifact) => p.built = Some(artifact),
-            Err(why) => unbuilt.push((i, why)),
+            // The compiler names files by their canonical paths; the suite's are shown
+            // relative to its root, as the Kyuafile names them.
+            Err(why) => unbuilt.push((i, relative_to_root(&why, &p.root))),
         }
     }
     Ok(unbuilt)
+}
+
+/// The builder for a `bpf_test_program`'s source: its Kyuafile's `cflags` and `include`
+/// directories (root-relative) over lab's defaults.
+fn bpf_builder(p: &TestProgram) -> lab_engine::suite::bpf_build::BpfBuilder {
+    let mut builder = lab_engine::suite::bpf_build::BpfBuilder::new();
+    if let Some(flags) = &p.bpf.cflags {
+        builder = builder.cflags(flags.clone());
+    }
+    builder.includes(p.bpf.include.iter().map(|d| p.root.join(d)).collect())
+}
+
+/// A bpf program's options as `lab list -v` shows them, defaults included and marked so;
+/// `chosen`: its Kyuafile set the state.
+fn bpf_properties(p: &TestProgram, chosen: bool) -> Vec<(&'static str, String)> {
+    let o = &p.bpf;
+    let state = match (o.state, chosen) {
+        (Some(s), true) => s.name().to_string(),
+        (Some(lab_model::BpfState::Test), false) => {
+            "test (default: the object's stages are Kmesh's jump)".to_string()
+        }
+        (Some(s), false) => format!("{} (default)", s.name()),
+        (None, _) => "object (default; test for Kmesh-style objects)".to_string(),
+    };
+    let globals = o
+        .globals
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let tail_calls = o
+        .tail_calls
+        .iter()
+        .map(|t| format!("{}[{}]='{}'", t.map, t.slot, t.program))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut out = vec![
+        ("bpf.state", state),
+        ("bpf.globals", format!("{{{globals}}}")),
+        ("bpf.tail_calls", format!("{{{tail_calls}}}")),
+        (
+            "bpf.maps_setup",
+            o.maps_setup.clone().unwrap_or_else(|| "(none)".into()),
+        ),
+    ];
+    if p.path.ends_with(".c") {
+        let cflags = match &o.cflags {
+            Some(f) => f.join(" "),
+            None => format!(
+                "{} (default)",
+                lab_engine::suite::bpf_build::DEFAULT_FLAGS.join(" ")
+            ),
+        };
+        out.push(("bpf.cflags", cflags));
+        out.push(("bpf.include", format!("{{{}}}", o.include.join(", "))));
+    }
+    out
+}
+
+/// `text` with the suite root's canonical path (and a trailing `/`) taken out.
+fn relative_to_root(text: &str, root: &Path) -> String {
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    text.replace(&format!("{}/", root.display()), "")
 }
 
 /// An error and its causes on one line.
@@ -304,10 +387,15 @@ pub fn list(ui: &Ui, cancel: &Cancel, args: ListArgs) -> anyhow::Result<u8> {
     let mut broken = false;
     for (i, why) in &unbuilt {
         broken = true;
+        let first = why
+            .lines()
+            .find(|l| l.contains("error:"))
+            .unwrap_or_else(|| why.lines().next().unwrap_or_default());
         println!(
-            "{}:{} (broken: {why})",
+            "{}:{} (broken: {})",
             programs[*i].path,
-            lab_model::LIST_CASE
+            lab_model::BUILD_CASE,
+            first.trim()
         );
     }
     let programs: Vec<TestProgram> = programs
@@ -326,6 +414,11 @@ pub fn list(ui: &Ui, cancel: &Cancel, args: ListArgs) -> anyhow::Result<u8> {
         );
     }
     let launcher = VmLauncher::new(&lab, kernels, cancel.clone());
+    let chosen_state: std::collections::HashSet<String> = programs
+        .iter()
+        .filter(|p| p.bpf.state.is_some())
+        .map(|p| p.path.clone())
+        .collect();
     let plan = Plan {
         kernels: vec![args.kernel.clone()],
         programs,
@@ -342,6 +435,12 @@ pub fn list(ui: &Ui, cancel: &Cancel, args: ListArgs) -> anyhow::Result<u8> {
                         println!("    test_suite = {}", program.test_suite);
                         for (k, v) in case.metadata.properties() {
                             println!("    {k} = {v}");
+                        }
+                        if program.interface == lab_model::Interface::Bpf {
+                            let chosen = chosen_state.contains(&program.path);
+                            for (k, v) in bpf_properties(&program, chosen) {
+                                println!("    {k} = {v}");
+                            }
                         }
                     }
                 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use lab_model::{
-    Cause, Execenv, Interface, RequiredUser, SubResult, TestCase, TestProgram, TestResult,
+    BpfState, Cause, Execenv, Interface, RequiredUser, SubResult, TestCase, TestProgram, TestResult,
 };
 use lab_proto::{ExitStatus, Job, Stream};
 
@@ -58,8 +58,11 @@ impl<'a> Context<'a> {
             collect_files(root, &format!("/lab/suites/{n}"), &mut files);
         }
         for p in &plan.programs {
-            let Some(built) = &p.built else { continue };
             let n = roots.get(&p.root).copied().unwrap_or(0);
+            if let (Some(exe), Some(rel)) = (&p.bpf.maps_setup_built, &p.bpf.maps_setup) {
+                files.push((maps_setup_guest_path(n, rel, true), 0o755, exe.clone()));
+            }
+            let Some(built) = &p.built else { continue };
             if p.interface == Interface::Bpf {
                 files.push((built_guest_path(n, p), 0o644, built.clone()));
                 continue;
@@ -182,6 +185,17 @@ fn built_guest_path(root: usize, program: &TestProgram) -> String {
     }
 }
 
+/// Where a bpf program's `maps_setup` runs in the guest: the file itself, or what lab built
+/// from `x.c`, as `x` beside it.
+fn maps_setup_guest_path(root: usize, rel: &str, built: bool) -> String {
+    let rel = if built {
+        rel.strip_suffix(".c").unwrap_or(rel)
+    } else {
+        rel
+    };
+    format!("/lab/suites/{root}/{rel}")
+}
+
 /// The guest directory holding a program.
 fn guest_dir(root: usize, program: &TestProgram) -> String {
     match program.path.rsplit_once('/') {
@@ -264,16 +278,30 @@ pub(crate) enum ListError {
     Guest(VmError),
 }
 
+/// A program's cases, and how they run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Listing {
+    /// The cases.
+    pub(crate) cases: Vec<TestCase>,
+    /// Whether they run in one exec (a BPF object shared by its tests, `state = 'object'`).
+    pub(crate) batch: bool,
+}
+
 /// Lists the cases of an atf (or bpf) program in the guest.
 pub(crate) fn list(
     guest: &mut dyn Guest,
     ctx: &Context<'_>,
     program: &TestProgram,
-) -> Result<Vec<TestCase>, ListError> {
+) -> Result<Listing, ListError> {
     let argv = match program.interface {
         Interface::Atf => atf::list_argv(&ctx.guest_path(program)),
         Interface::Bpf => bpf::list_argv(&ctx.guest_path(program)),
-        Interface::Plain | Interface::Tap => return Ok(program.cases.clone()),
+        Interface::Plain | Interface::Tap => {
+            return Ok(Listing {
+                cases: program.cases.clone(),
+                batch: false,
+            })
+        }
     };
     let mut job = Job::new(argv);
     job.cwd = ctx.srcdir(program);
@@ -295,18 +323,144 @@ pub(crate) fn list(
     }
     match program.interface {
         Interface::Bpf => bpf::parse_list(&out.stdout)
-            .map(|names| {
-                names
+            .map(|listing| Listing {
+                batch: program.bpf.effective_state(listing.kmesh) == BpfState::Object,
+                cases: listing
+                    .names
                     .into_iter()
                     .map(|name| TestCase {
                         name,
                         metadata: program.metadata.clone(),
                     })
-                    .collect()
+                    .collect(),
             })
             .map_err(|e| broken(format!("Invalid BPF test list: {e}"))),
-        _ => atf::parse_list(&out.stdout, &program.metadata).map_err(|e| broken(e.reason())),
+        _ => atf::parse_list(&out.stdout, &program.metadata)
+            .map(|cases| Listing {
+                cases,
+                batch: false,
+            })
+            .map_err(|e| broken(e.reason())),
     }
+}
+
+/// The runner's arguments for `program`'s bpf options (paths in the guest).
+fn bpf_run_args(ctx: &Context<'_>, program: &TestProgram, object: bool) -> bpf::RunArgs {
+    let o = &program.bpf;
+    bpf::RunArgs {
+        object,
+        globals: o
+            .globals
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        tail_calls: o
+            .tail_calls
+            .iter()
+            .map(|t| (t.map.clone(), t.slot, t.program.clone()))
+            .collect(),
+        maps_setup: o.maps_setup.as_ref().map(|rel| {
+            let n = ctx.roots.get(&program.root).copied().unwrap_or(0);
+            maps_setup_guest_path(n, rel, o.maps_setup_built.is_some())
+        }),
+    }
+}
+
+/// Runs the tests `cases` of a bpf program with one load of its object (`state = 'object'`):
+/// one exec, one result per case. On a guest failure, what was gathered so far with the error.
+pub(crate) fn run_bpf_batch(
+    guest: &mut dyn Guest,
+    ctx: &Context<'_>,
+    program: &TestProgram,
+    cases: &[TestCase],
+    output: &mut dyn FnMut(Stream, &[u8]),
+) -> Result<Vec<CaseRun>, Box<(Vec<CaseRun>, VmError)>> {
+    let all = |result: TestResult| {
+        cases
+            .iter()
+            .map(|_| CaseRun::empty(result.clone()))
+            .collect::<Vec<_>>()
+    };
+    let Some(first) = cases.first() else {
+        return Ok(Vec::new());
+    };
+    let md = &program.metadata;
+    let user = match md.required_user {
+        RequiredUser::Unprivileged => Some(UNPRIVILEGED),
+        RequiredUser::Root | RequiredUser::Any => None,
+    };
+    match guest_requirements(guest, first, user) {
+        Ok(Some(skip)) => return Ok(all(skip)),
+        Ok(None) => {}
+        Err(e) => return Err(Box::new((all(TestResult::broken("not run")), e))),
+    }
+    let n = ctx.unique();
+    let workdir = format!("{WORK_DIR}/{n}");
+    let mut names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+    names.sort_unstable();
+    let mut job = Job::new(bpf::run_argv(
+        &ctx.guest_path(program),
+        &names,
+        &bpf_run_args(ctx, program, true),
+    ));
+    job.env = base_env(Interface::Bpf, &workdir);
+    job.cwd = workdir;
+    job.user = user;
+    job.workdir = true;
+    let per_case = md.timeout;
+    let timeout = per_case
+        .checked_mul(u32::try_from(cases.len()).unwrap_or(u32::MAX))
+        .unwrap_or(per_case)
+        .min(Duration::from_secs(24 * 3600));
+    let mut captured = Captured::default();
+    let exec = guest.exec(&job, timeout, &mut |s, d| {
+        captured.push(s, d);
+        output(s, d);
+    });
+    let outcome = match exec {
+        Ok(o) => o,
+        Err(e) => return Err(Box::new((all(TestResult::broken("not run")), e))),
+    };
+    let stdout = captured.parse_stdout();
+    let stderr = String::from_utf8_lossy(&captured.stderr).into_owned();
+    let runs = bpf::parse_runs(&stdout);
+    let share = outcome.wall / u32::try_from(cases.len()).unwrap_or(1).max(1);
+    Ok(cases
+        .iter()
+        .map(|case| {
+            let (result, subresults, log, duration) = match (&runs, to_run(&outcome).finished()) {
+                (Ok(runs), Some(ExitStatus::Code(0))) => match runs.get(&case.name) {
+                    Some(run) => {
+                        let (r, subs, log) = bpf::ran(run, &case.name);
+                        let d = run.wall_ns.map_or(share, Duration::from_nanos);
+                        (r, subs, log, d)
+                    }
+                    None => (
+                        TestResult::broken("the bpf runner reported nothing for this test")
+                            .with_cause(Cause::Protocol),
+                        Vec::new(),
+                        String::new(),
+                        Duration::ZERO,
+                    ),
+                },
+                _ => {
+                    let run: Result<bpf::RunnerOutput, bpf::BpfError> = match &runs {
+                        Ok(_) => Err(bpf::BpfError::NoJson),
+                        Err(e) => Err(bpf::BpfError::Other(e.to_string())),
+                    };
+                    let (r, subs, log) = bpf::result(&run, &to_run(&outcome), &case.name);
+                    (r, subs, log, share)
+                }
+            };
+            CaseRun {
+                result,
+                subresults,
+                duration,
+                stdout: log,
+                stderr: stderr.clone(),
+            }
+        })
+        .collect())
 }
 
 fn stderr_hint(stderr: &str) -> String {
@@ -455,13 +609,17 @@ pub(crate) fn run_case(
             })
         }
         Interface::Bpf => {
-            let job = make_job(bpf::run_argv(&guest_program, &case.name));
+            let job = make_job(bpf::run_argv(
+                &guest_program,
+                &[&case.name],
+                &bpf_run_args(ctx, program, false),
+            ));
             guest.exec(&job, md.timeout, &mut tee).map(|o| {
                 let run = bpf::parse_run(&captured.parse_stdout());
-                let (result, log) = bpf::result(&run, &to_run(&o), &case.name);
+                let (result, subs, log) = bpf::result(&run, &to_run(&o), &case.name);
                 // The decoded log is what a user reads: it stands in for the runner's JSON.
                 captured.replace_stdout(log);
-                (result, Vec::new(), o.wall)
+                (result, subs, o.wall)
             })
         }
     };

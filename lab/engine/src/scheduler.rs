@@ -17,8 +17,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use lab_model::{
-    CaseId, Cause, Counts, Execenv, RunEvent, TestCase, TestProgram, TestResult, LIST_CASE,
-    MAIN_CASE,
+    CaseId, Cause, Counts, Execenv, RunEvent, TestCase, TestProgram, TestResult, BUILD_CASE,
+    LIST_CASE, MAIN_CASE,
 };
 use lab_proto::{ExitStatus, Job, Stream};
 
@@ -201,12 +201,23 @@ enum Unit {
     List(usize),
     /// Run a case of a program.
     Case(usize, Box<TestCase>),
+    /// Run cases of a program in one exec (a BPF object whose tests share a load).
+    Batch(usize, Vec<TestCase>),
 }
 
 impl Unit {
     fn program(&self) -> usize {
         match self {
-            Self::List(p) | Self::Case(p, _) => *p,
+            Self::List(p) | Self::Case(p, _) | Self::Batch(p, _) => *p,
+        }
+    }
+
+    /// The cases it runs.
+    fn cases(&self) -> Vec<&TestCase> {
+        match self {
+            Self::List(_) => Vec::new(),
+            Self::Case(_, c) => vec![c],
+            Self::Batch(_, cs) => cs.iter().collect(),
         }
     }
 }
@@ -280,16 +291,18 @@ impl<'a> Shared<'a> {
                 }
                 let unbuilt = plan.unbuilt.iter().find(|(u, _)| *u == i);
                 if unbuilt.is_some() || !p.host_path().is_file() {
-                    let case = if p.needs_listing() {
-                        LIST_CASE
-                    } else {
-                        MAIN_CASE
+                    let event = match unbuilt {
+                        Some((_, why)) => build_failed(kernel, p, why),
+                        None => {
+                            let case = if p.needs_listing() {
+                                LIST_CASE
+                            } else {
+                                MAIN_CASE
+                            };
+                            not_run(kernel, p, case, missing(p))
+                        }
                     };
-                    let result = match unbuilt {
-                        Some((_, why)) => TestResult::broken(why.clone()).with_cause(Cause::Exec),
-                        None => missing(p),
-                    };
-                    let _ = tx.send(not_run(kernel, p, case, result));
+                    let _ = tx.send(event);
                     let _ = tx.send(RunEvent::ProgramFinished {
                         kernel: kernel.clone(),
                         program: p.path.clone(),
@@ -361,10 +374,7 @@ impl Guard<'_, '_> {
 
 impl KernelWork {
     fn push(&mut self, unit: Unit) {
-        let exclusive = match &unit {
-            Unit::Case(_, c) => c.metadata.is_exclusive,
-            Unit::List(_) => false,
-        };
+        let exclusive = unit.cases().iter().any(|c| c.metadata.is_exclusive);
         if exclusive {
             self.exclusive.push_back(unit);
         } else {
@@ -405,6 +415,27 @@ fn pick(kernels: &mut [KernelWork], own: Option<usize>, exclusive: bool) -> Opti
 }
 
 /// A CaseFinished for a case that never ran.
+/// The one result of a program that did not build: case `__build__`, broken, the compiler's
+/// first error line (`file:line:col: error: ...`) as the reason and its whole output as stderr.
+fn build_failed(kernel: &str, p: &TestProgram, why: &str) -> RunEvent {
+    let reason = why
+        .lines()
+        .find(|l| l.contains(": error:") || l.contains(": fatal error:"))
+        .or_else(|| why.lines().find(|l| !l.trim().is_empty()))
+        .unwrap_or("the program did not build")
+        .trim();
+    let mut event = not_run(
+        kernel,
+        p,
+        BUILD_CASE,
+        TestResult::broken(reason).with_cause(Cause::Exec),
+    );
+    if let RunEvent::CaseFinished { stderr, .. } = &mut event {
+        *stderr = why.to_string();
+    }
+    event
+}
+
 fn not_run(kernel: &str, p: &TestProgram, case: &str, result: TestResult) -> RunEvent {
     RunEvent::CaseFinished {
         id: CaseId {
@@ -515,14 +546,35 @@ impl Worker<'_, '_> {
             return;
         }
         // Requirements the host can check need no VM.
-        if let Unit::Case(_, case) = &unit {
-            if let Some(skip) = self.ctx.host_requirements(program, case) {
-                self.finish_unrun(k, &unit, skip);
-                return;
+        let unit = match unit {
+            Unit::Case(_, case) => {
+                if let Some(skip) = self.ctx.host_requirements(program, &case) {
+                    self.finish_unrun(k, &Unit::Case(p, case), skip);
+                    return;
+                }
+                Unit::Case(p, case)
             }
-        }
+            Unit::Batch(_, cases) => {
+                let mut left = Vec::new();
+                for case in cases {
+                    match self.ctx.host_requirements(program, &case) {
+                        Some(skip) => self.send(not_run(&kernel, program, &case.name, skip)),
+                        None => left.push(case),
+                    }
+                }
+                if left.is_empty() {
+                    self.done(k, p);
+                    return;
+                }
+                Unit::Batch(p, left)
+            }
+            other => other,
+        };
 
-        let fresh = matches!(&unit, Unit::Case(_, c) if c.metadata.execenv == Execenv::Vm);
+        let fresh = unit
+            .cases()
+            .first()
+            .is_some_and(|c| c.metadata.execenv == Execenv::Vm);
         if fresh {
             // A fresh VM of its own: this slot's VM is put away first.
             if let Some((_, vm)) = self.vm.take() {
@@ -554,16 +606,25 @@ impl Worker<'_, '_> {
         let (vk, mut guest) = self.vm.take().expect("a VM was just booted");
         let lost = match unit {
             Unit::List(_) => match executor::list(guest.as_mut(), self.ctx, program) {
-                Ok(cases) => {
-                    let units: Vec<Unit> = cases
+                Ok(listing) => {
+                    let selected: Vec<TestCase> = listing
+                        .cases
                         .into_iter()
                         .filter(|c| self.ctx.selected(program, &c.name))
-                        .map(|c| Unit::Case(p, Box::new(c)))
                         .collect();
+                    let count = selected.len();
+                    let units: Vec<Unit> = if listing.batch && !selected.is_empty() {
+                        vec![Unit::Batch(p, selected)]
+                    } else {
+                        selected
+                            .into_iter()
+                            .map(|c| Unit::Case(p, Box::new(c)))
+                            .collect()
+                    };
                     self.send(RunEvent::CasesListed {
                         kernel: kernel.clone(),
                         program: program.path.clone(),
-                        cases: units.len(),
+                        cases: count,
                     });
                     let mut g = self.shared.lock();
                     let kw = &mut g.state.kernels[k];
@@ -588,6 +649,11 @@ impl Worker<'_, '_> {
                     lost.then_some(())
                 }
             },
+            Unit::Batch(_, cases) => {
+                let lost = self.run_batch(&kernel, program, &cases, guest.as_mut());
+                self.done(k, p);
+                (lost || fresh).then_some(())
+            }
             Unit::Case(_, case) => {
                 let id = CaseId {
                     kernel: kernel.clone(),
@@ -715,12 +781,75 @@ impl Worker<'_, '_> {
         let p = unit.program();
         let program = &self.shared.programs[p];
         let kernel = self.shared.lock().state.kernels[k].name.clone();
-        let case = match unit {
-            Unit::List(_) => LIST_CASE,
-            Unit::Case(_, c) => &c.name,
-        };
-        self.send(not_run(&kernel, program, case, result));
+        match unit {
+            Unit::List(_) => self.send(not_run(&kernel, program, LIST_CASE, result)),
+            _ => {
+                for c in unit.cases() {
+                    self.send(not_run(&kernel, program, &c.name, result.clone()));
+                }
+            }
+        }
         self.done(k, p);
+    }
+
+    /// Runs `cases` of `program` in one exec ([`executor::run_bpf_batch`]) and reports each;
+    /// returns whether the VM was lost.
+    fn run_batch(
+        &mut self,
+        kernel: &str,
+        program: &TestProgram,
+        cases: &[TestCase],
+        guest: &mut dyn Guest,
+    ) -> bool {
+        let id = |c: &TestCase| CaseId {
+            kernel: kernel.to_string(),
+            program: program.path.clone(),
+            case: c.name.clone(),
+        };
+        let mut sorted: Vec<&TestCase> = cases.iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        // The first case is under way while the exec runs; the others start as it reports.
+        if let Some(first) = sorted.first() {
+            self.send(RunEvent::CaseStarted {
+                id: id(first),
+                slot: self.slot,
+            });
+        }
+        let owned: Vec<TestCase> = sorted.iter().map(|c| (*c).clone()).collect();
+        let (runs, lost) =
+            match executor::run_bpf_batch(guest, self.ctx, program, &owned, &mut |_, _| {}) {
+                Ok(runs) => (runs, false),
+                Err(failed) => {
+                    let (partial, e) = *failed;
+                    let (result, lost) = self.vm_lost(kernel, e);
+                    let runs = partial
+                        .into_iter()
+                        .map(|r| CaseRun {
+                            result: result.clone(),
+                            ..r
+                        })
+                        .collect();
+                    (runs, lost)
+                }
+            };
+        for (i, (case, run)) in owned.iter().zip(runs).enumerate() {
+            if i > 0 {
+                self.send(RunEvent::CaseStarted {
+                    id: id(case),
+                    slot: self.slot,
+                });
+            }
+            self.send(RunEvent::CaseFinished {
+                id: id(case),
+                interface: program.interface,
+                result: run.result,
+                subresults: run.subresults,
+                duration: run.duration,
+                stdout: run.stdout,
+                stderr: run.stderr,
+            });
+        }
+        lost
     }
 
     /// One unit of program `p` on kernel `k` is done; the last one finishes the program.

@@ -9,5 +9,8 @@ pub mod result;
 
 pub use event::{CaseId, Counts, OutputStream, RunEvent, SubResult};
 pub use metadata::{Execenv, Metadata, MetadataError, RequiredUser};
-pub use program::{Interface, TestCase, TestProgram, LIST_CASE, MAIN_CASE};
+pub use program::{
+    BpfOptions, BpfState, Interface, TailCallSlot, TestCase, TestProgram, BUILD_CASE, LIST_CASE,
+    MAIN_CASE,
+};
 pub use result::{Cause, ResultType, TestResult};

@@ -9,6 +9,10 @@ use crate::metadata::Metadata;
 /// The test case name of a program's listing, when listing itself failed (Kyua's).
 pub const LIST_CASE: &str = "__test_cases_list__";
 
+/// The test case name of a program lab could not build from its source (a `.c` name): its
+/// one result, the compiler's first error as the reason and all it said as stderr.
+pub const BUILD_CASE: &str = "__build__";
+
 /// The test case name of programs that are one test case (plain, tap).
 pub const MAIN_CASE: &str = "main";
 
@@ -67,6 +71,84 @@ pub struct TestProgram {
     /// compiled from `x.c`); `None`: the program file itself runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub built: Option<PathBuf>,
+    /// How a `bpf` program is built and run (its Kyuafile's bpf properties).
+    #[serde(default, skip_serializing_if = "BpfOptions::is_default")]
+    pub bpf: BpfOptions,
+}
+
+/// How the tests of a BPF object share a load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BpfState {
+    /// One load for the object: its tests run in name order and share its maps; only
+    /// `suite_result_map` and `mock_skb_meta_map` are cleared between them (Cilium's harness).
+    Object,
+    /// A fresh load for each test (Kmesh's harness).
+    Test,
+}
+
+impl BpfState {
+    /// The name used in Kyuafiles.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Object => "object",
+            Self::Test => "test",
+        }
+    }
+}
+
+/// A slot the harness fills by program name before a test's stages run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TailCallSlot {
+    /// The prog array.
+    pub map: String,
+    /// The slot.
+    pub slot: u32,
+    /// The program, by name.
+    pub program: String,
+}
+
+/// The `bpf_test_program` properties beyond Kyua's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BpfOptions {
+    /// Globals (`.data`, `.bss`, `.rodata*` variables) set before load: name → value.
+    #[serde(default)]
+    pub globals: std::collections::BTreeMap<String, String>,
+    /// Slots filled by program name (Kmesh's `registerTailCall`).
+    #[serde(default)]
+    pub tail_calls: Vec<TailCallSlot>,
+    /// How tests share a load; `None`: chosen by the object's style (see `effective_state`).
+    #[serde(default)]
+    pub state: Option<BpfState>,
+    /// A program (root-relative path) run in the guest once the maps exist, with them pinned.
+    #[serde(default)]
+    pub maps_setup: Option<String>,
+    /// What lab built from a `maps_setup` written in C (`x.c`): the executable on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maps_setup_built: Option<std::path::PathBuf>,
+    /// The compiler flags for a `.c` source, instead of lab's.
+    #[serde(default)]
+    pub cflags: Option<Vec<String>>,
+    /// Extra include directories for a `.c` source (root-relative).
+    #[serde(default)]
+    pub include: Vec<String>,
+}
+
+impl BpfOptions {
+    /// Whether nothing is set.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The state a run uses: the Kyuafile's, else `test` for Kmesh-style objects (their stage
+    /// is `jump`) and `object` for the rest (Cilium's `setup`, or checks alone).
+    pub fn effective_state(&self, kmesh_style: bool) -> BpfState {
+        self.state.unwrap_or(if kmesh_style {
+            BpfState::Test
+        } else {
+            BpfState::Object
+        })
+    }
 }
 
 impl TestProgram {
@@ -93,6 +175,7 @@ impl TestProgram {
             metadata,
             cases,
             built: None,
+            bpf: BpfOptions::default(),
         }
     }
 

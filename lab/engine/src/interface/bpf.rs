@@ -21,22 +21,23 @@
 //! with its arguments (a printf subset, see there).
 //!
 //! # Verdict
-//! [`result`], in order: a timeout, a signal or a non-zero exit of the runner, or output that
-//! is not its JSON → broken; the runner's `error` (the object would not load: the verifier's
-//! log goes into the diagnostics) → broken; `skipped` (the kernel cannot test-run the program
-//! type) → skipped. A test that ran: no `suite_result_map`, a buffer that does not decode, or
-//! a check that wrote nothing (all zeros) → broken. Then the check's own verdict is the
-//! status of its result entries named after the test or with an empty name (what
-//! `lab/test.h`'s `test_finish()` writes), or else, as in Cilium's runner, the check program's
-//! return value (0 error, 1 pass, 2 fail, 3 skip); neither, and no other entries → broken.
-//! Other entries (`TEST()` blocks) count as parts of the test: any ERROR → broken, any FAIL
-//! → failed, as Cilium's runner fails a test whose subtest failed; a skipped block alone does
-//! not skip the test. ERROR → broken (reason: the last log line), FAIL → failed (reason: the
-//! first log line of the failing entry, or "test failed"), SKIP → skipped (its first log
-//! line, or "test skipped"), else passed. The stages, every log line and the verifier's log
-//! make the diagnostics.
+//! As Cilium's and Kmesh's harnesses give it ([`result`]): a timeout, a signal or a non-zero exit
+//! of the runner, or output that is not its JSON → broken; the runner's `error` (the object or
+//! a program would not load: the verifier's log goes into the diagnostics) → broken; `skipped`
+//! (the kernel cannot test-run the program type) → skipped. For a test that ran, **the check
+//! program's return code is the verdict**: ERROR (0, or Cilium's current 100) → broken, FAIL
+//! (2, 102) → failed, SKIP (3, 103) → skipped, PASS (1, 101) and any other value → passed,
+//! exactly the harnesses' `switch`; before it, a pktgen or setup stage that returns current
+//! Cilium's ERROR (100) or FAIL (102) ends the test so, as Cilium's harness does. The entries of `suite_result_map` are the test's named
+//! sub-results (its `TEST()` blocks), reported as such; a failing one fails the test, an
+//! ERROR one breaks it, as a failed or fatal Go subtest fails its parent; a skipped one skips
+//! only itself. An empty map is normal (a check that only returns); an object without the map
+//! or a buffer that does not decode is broken, saying which. Entries with the test's own name
+//! or none (`lab/test.h`'s `test_finish()`) carry the check's log lines. The reason of a
+//! failure or error is the first (failure) or last (error) log line of the check, else the
+//! failing entry's. The stages, every log line and the verifier's log make the diagnostics.
 
-use lab_model::{Cause, TestResult};
+use lab_model::{Cause, SubResult, TestResult};
 use lab_proto::ExitStatus;
 use serde::Deserialize;
 
@@ -98,6 +99,9 @@ pub enum BpfError {
     /// No line of the runner's output is a JSON object.
     #[error("no json object in the runner's output")]
     NoJson,
+    /// The output of a shared-object run is not what the runner prints.
+    #[error("{0}")]
+    Other(String),
     /// The runner's JSON line does not parse.
     #[error("invalid runner json")]
     Json(#[source] serde_json::Error),
@@ -169,25 +173,70 @@ pub fn list_argv(object: &str) -> Vec<String> {
     ]
 }
 
-/// The command that runs one test of an object.
-pub fn run_argv(object: &str, name: &str) -> Vec<String> {
-    vec![
+/// How the runner runs tests: the program's bpf options, with guest paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunArgs {
+    /// One load for all the tests named (Cilium's harness), or one per test.
+    pub object: bool,
+    /// Globals, name and value.
+    pub globals: Vec<(String, String)>,
+    /// Slots to fill: map, slot, program.
+    pub tail_calls: Vec<(String, u32, String)>,
+    /// The maps setup program's guest path.
+    pub maps_setup: Option<String>,
+}
+
+/// The command that runs tests `names` of an object (one, without `args.object`).
+pub fn run_argv(object: &str, names: &[&str], args: &RunArgs) -> Vec<String> {
+    let mut argv = vec![
         RUNNER.to_string(),
         "bpf".to_string(),
         "run".to_string(),
         object.to_string(),
-        name.to_string(),
-    ]
+    ];
+    if args.object {
+        argv.push("--object".into());
+    }
+    for (k, v) in &args.globals {
+        argv.push("--global".into());
+        argv.push(format!("{k}={v}"));
+    }
+    for (map, slot, program) in &args.tail_calls {
+        argv.push("--tail-call".into());
+        argv.push(format!("{map}:{slot}={program}"));
+    }
+    if let Some(p) = &args.maps_setup {
+        argv.push("--maps-setup".into());
+        argv.push(p.clone());
+    }
+    argv.extend(names.iter().map(|n| n.to_string()));
+    argv
 }
 
-/// The test names `/init bpf list` printed, in order. A final empty line is allowed; other
-/// empty lines, control characters, overlong and duplicate names are errors.
-pub fn parse_list(stdout: &str) -> Result<Vec<String>, BpfError> {
+/// What `/init bpf list` printed: the test names, in order, and whether the object's tests
+/// use Kmesh's `jump` stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The names.
+    pub names: Vec<String>,
+    /// Kmesh-style (`# stages: jump`).
+    pub kmesh: bool,
+}
+
+/// The test names `/init bpf list` printed, in order, and its `# ` annotations. A final empty
+/// line is allowed; other empty lines, control characters, overlong and duplicate names are
+/// errors.
+pub fn parse_list(stdout: &str) -> Result<Listing, BpfError> {
     let mut names: Vec<String> = Vec::new();
+    let mut kmesh = false;
     let mut seen = std::collections::HashSet::new();
     for (index, raw) in stdout.lines().enumerate() {
         let line = index + 1;
         let name = raw.strip_suffix('\r').unwrap_or(raw);
+        if let Some(note) = name.strip_prefix("# ") {
+            kmesh |= note == "stages: jump";
+            continue;
+        }
         if name.is_empty() {
             return Err(BpfError::EmptyName { line });
         }
@@ -208,7 +257,7 @@ pub fn parse_list(stdout: &str) -> Result<Vec<String>, BpfError> {
         }
         names.push(name.to_string());
     }
-    Ok(names)
+    Ok(Listing { names, kmesh })
 }
 
 /// What the runner did with a test.
@@ -274,6 +323,9 @@ pub struct RunnerOutput {
     /// `suite_result_map[0]` in hex; `None` when the object has no such map.
     #[serde(default)]
     pub result_map: Option<String>,
+    /// The test's wall time in a shared-object run.
+    #[serde(default)]
+    pub wall_ns: Option<u64>,
 }
 
 impl RunnerOutput {
@@ -347,24 +399,15 @@ pub enum Status {
 }
 
 impl Status {
-    /// The status of a protobuf or return value.
+    /// The status of a protobuf or return value: Kmesh's and Cilium's older codes (0 error, 1
+    /// pass, 2 fail, 3 skip) and Cilium's current ones (100 to 103 in that order).
     pub fn from_value(value: u64) -> Self {
         match value {
-            0 => Self::Error,
-            1 => Self::Pass,
-            2 => Self::Fail,
-            3 => Self::Skip,
+            0 | 100 => Self::Error,
+            1 | 101 => Self::Pass,
+            2 | 102 => Self::Fail,
+            3 | 103 => Self::Skip,
             other => Self::Unknown(other),
-        }
-    }
-
-    /// How bad it is: pass < skip < fail < error.
-    fn severity(self) -> u8 {
-        match self {
-            Self::Pass => 0,
-            Self::Skip => 1,
-            Self::Fail => 2,
-            Self::Error | Self::Unknown(_) => 3,
         }
     }
 
@@ -807,75 +850,121 @@ fn broken_protocol(reason: impl Into<String>) -> TestResult {
     TestResult::broken(reason).with_cause(Cause::Protocol)
 }
 
-/// The verdict of a decoded buffer, by the rules in the module's documentation.
-fn verdict(suite: &SuiteResult, name: &str, check_retval: Option<u32>) -> TestResult {
-    if suite.is_empty() {
-        return broken_protocol(
-            "check program wrote nothing to suite_result_map (no test_init()/test_finish()?)",
-        );
-    }
+/// The verdict of test `name` from its check's return code and its decoded buffer, by the
+/// rules in the module's documentation, with the `TEST()` entries as sub-results.
+fn verdict(
+    suite: &SuiteResult,
+    name: &str,
+    check_retval: Option<u32>,
+) -> (TestResult, Vec<SubResult>) {
     let is_own = |e: &&TestEntry| e.name.is_empty() || e.name == name;
-    let own: Vec<&TestEntry> = suite.results.iter().filter(is_own).collect();
-    let parts: Vec<&TestEntry> = suite.results.iter().filter(|e| !is_own(e)).collect();
-    let own_status = own
+    let own_logs: Vec<&Log> = suite
+        .results
         .iter()
-        .map(|e| e.status)
-        .max_by_key(|s| s.severity())
-        .or_else(|| check_retval.map(|v| Status::from_value(v.into())));
-    let Some(own_status) = own_status.or_else(|| (!parts.is_empty()).then_some(Status::Pass))
-    else {
-        return broken_protocol(format!("no result for {name} in suite_result_map"));
-    };
-    // The check's own lines: its entries' logs, then the suite log.
-    let own_logs: Vec<&Log> = own
-        .iter()
+        .filter(is_own)
         .flat_map(|e| e.logs.iter())
         .chain(suite.suite_log.iter())
         .collect();
+    let parts: Vec<&TestEntry> = suite.results.iter().filter(|e| !is_own(e)).collect();
+    let subresults: Vec<SubResult> = parts.iter().map(|e| sub_result(e)).collect();
     let first = |logs: &[&Log]| logs.first().map(|l| render(l));
     let last = |logs: &[&Log]| logs.last().map(|l| render(l));
-    let worst_part = |status: fn(Status) -> bool| parts.iter().find(|e| status(e.status));
+    let Some(retval) = check_retval else {
+        return (broken_protocol("the check program did not run"), subresults);
+    };
+    let status = Status::from_value(retval.into());
+    let part = |want: fn(Status) -> bool| parts.iter().find(|e| want(e.status));
+    // A failed or fatal Go subtest fails its parent, whatever the parent does next.
+    let failed_part = || {
+        if let Some(e) = part(|s| s == Status::Error) {
+            Some(TestResult::broken(part_reason(e, "reported an error")))
+        } else {
+            part(|s| s == Status::Fail).map(|e| TestResult::failed(part_reason(e, "failed")))
+        }
+    };
+    let result = match status {
+        Status::Error => TestResult::broken(
+            last(&own_logs).unwrap_or_else(|| format!("check returned ERROR ({retval})")),
+        ),
+        Status::Fail => TestResult::failed(
+            match (failure_line(&own_logs), part(|s| s == Status::Fail)) {
+                (Some(line), _) => line,
+                (None, Some(e)) => part_reason(e, "failed"),
+                (None, None) => format!("check returned FAIL ({retval})"),
+            },
+        ),
+        Status::Skip => failed_part().unwrap_or_else(|| {
+            TestResult::skipped(
+                first(&own_logs).unwrap_or_else(|| format!("check returned SKIP ({retval})")),
+            )
+        }),
+        // PASS, and any other value: the harnesses' `default:` branch.
+        Status::Pass | Status::Unknown(_) => failed_part().unwrap_or_else(TestResult::passed),
+    };
+    (result, subresults)
+}
 
-    match own_status {
-        Status::Error => {
-            return TestResult::broken(
-                last(&own_logs).unwrap_or_else(|| "test reported an error".to_string()),
-            );
-        }
-        Status::Unknown(value) => {
-            return TestResult::broken(format!("check returned {value}, not a test status"));
-        }
-        _ => {}
+/// The line that says why a check failed: its `assert failed…` line (lab's and Cilium's
+/// `assert()` both log one), else its first line.
+fn failure_line(logs: &[&Log]) -> Option<String> {
+    let rendered: Vec<String> = logs.iter().map(|l| render(l)).collect();
+    rendered
+        .iter()
+        .find(|l| l.starts_with("assert failed"))
+        .or(rendered.first())
+        .cloned()
+}
+
+/// Current Cilium's rule for the stages before the check: a pktgen or setup program that
+/// returns ERROR (100) or FAIL (102) ends the test so. Only those codes count: the older 0..3
+/// are ordinary TC and XDP verdicts there (`TC_ACT_SHOT` is 2).
+fn stage_failure(stages: &[Stage]) -> Option<TestResult> {
+    stages
+        .iter()
+        .filter(|s| matches!(s.stage, StageKind::Pktgen | StageKind::Setup))
+        .find_map(|s| {
+            let what = format!("{:?}", s.stage).to_lowercase();
+            match s.retval {
+                100 => Some(TestResult::broken(format!("{what} returned ERROR (100)"))),
+                102 => Some(TestResult::failed(format!("{what} returned FAIL (102)"))),
+                _ => None,
+            }
+        })
+}
+
+/// `NAME: first log line` (or `NAME failed`) for a sub-result that decides the test.
+fn part_reason(e: &TestEntry, what: &str) -> String {
+    match e.logs.first() {
+        Some(l) => format!("{}: {}", e.name, render(l)),
+        None => format!("{} {what}", e.name),
     }
-    if let Some(part) = worst_part(|s| matches!(s, Status::Error | Status::Unknown(_))) {
-        let logs: Vec<&Log> = part.logs.iter().collect();
-        let why = match part.status {
-            Status::Unknown(v) => format!("unknown status {v}"),
-            _ => last(&logs).unwrap_or_else(|| "test reported an error".to_string()),
-        };
-        return TestResult::broken(format!("{}: {why}", part.name));
+}
+
+/// A `TEST()` entry as a sub-result.
+fn sub_result(e: &TestEntry) -> SubResult {
+    let logs: Vec<String> = e.logs.iter().map(render).collect();
+    let first = logs.first().cloned();
+    let result = match e.status {
+        Status::Pass | Status::Unknown(_) => TestResult::passed(),
+        Status::Fail => TestResult::failed(first.unwrap_or_else(|| "failed".into())),
+        Status::Skip => TestResult::skipped(first.unwrap_or_else(|| "skipped".into())),
+        Status::Error => TestResult::broken(first.unwrap_or_else(|| "error".into())),
+    };
+    SubResult {
+        name: e.name.clone(),
+        result,
+        diagnostics: logs.join("\n"),
     }
-    if own_status == Status::Fail {
-        return TestResult::failed(first(&own_logs).unwrap_or_else(|| "test failed".to_string()));
-    }
-    if let Some(part) = worst_part(|s| s == Status::Fail) {
-        let logs: Vec<&Log> = part.logs.iter().collect();
-        let why = first(&logs).unwrap_or_else(|| "test failed".to_string());
-        return TestResult::failed(format!("{}: {why}", part.name));
-    }
-    if own_status == Status::Skip {
-        return TestResult::skipped(first(&own_logs).unwrap_or_else(|| "test skipped".to_string()));
-    }
-    TestResult::passed()
 }
 
 /// The result of test `name` from the runner's output (parsed by [`parse_run`]) and how the
-/// runner's process ended, with the diagnostics (stages, rendered logs, verifier log).
+/// runner's process ended, with the `TEST()` sub-results and the diagnostics (stages,
+/// rendered logs, verifier log).
 pub fn result(
     run: &Result<RunnerOutput, BpfError>,
     outcome: &RunOutcome,
     name: &str,
-) -> (TestResult, String) {
+) -> (TestResult, Vec<SubResult>, String) {
     let diagnostics = |suite: Option<&SuiteResult>| match run {
         Ok(run) => describe(run, suite),
         Err(e) => format!("{e}\n"),
@@ -897,11 +986,11 @@ pub fn result(
             Ok(out) => return ran(out, name),
         },
     };
-    (verdict, diagnostics(None))
+    (verdict, Vec::new(), diagnostics(None))
 }
 
 /// [`result`] for a runner that answered about `name`.
-fn ran(out: &RunnerOutput, name: &str) -> (TestResult, String) {
+pub fn ran(out: &RunnerOutput, name: &str) -> (TestResult, Vec<SubResult>, String) {
     let reason = out.reason.as_deref().filter(|r| !r.is_empty());
     let verdict = match out.outcome {
         RunnerOutcome::Error => {
@@ -920,18 +1009,50 @@ fn ran(out: &RunnerOutput, name: &str) -> (TestResult, String) {
                 .with_cause(Cause::Requirement)
         }
         RunnerOutcome::Ran => match out.result_bytes() {
-            None => broken_protocol("object has no suite_result_map"),
+            None => broken_protocol(
+                "the object has no suite_result_map, the map the check's results are read from",
+            ),
             Some(Err(e)) => broken_protocol(format!("invalid suite_result_map: {e}")),
             Some(Ok(bytes)) => match decode_suite_result(&bytes) {
                 Err(e) => broken_protocol(format!("invalid suite_result_map: {e}")),
                 Ok(suite) => {
-                    let verdict = verdict(&suite, name, out.check_retval());
-                    return (verdict, describe(out, Some(&suite)));
+                    let (verdict, subs) = match stage_failure(&out.stages) {
+                        Some(failed) => (
+                            failed,
+                            suite
+                                .results
+                                .iter()
+                                .filter(|e| !e.name.is_empty() && e.name != name)
+                                .map(sub_result)
+                                .collect(),
+                        ),
+                        None => verdict(&suite, name, out.check_retval()),
+                    };
+                    return (verdict, subs, describe(out, Some(&suite)));
                 }
             },
         },
     };
-    (verdict, describe(out, None))
+    (verdict, Vec::new(), describe(out, None))
+}
+
+/// Every runner output of a shared-object run (`/init bpf run --object`), one JSON object a
+/// line, by test name; at most [`MAX_TESTS`].
+pub fn parse_runs(
+    stdout: &str,
+) -> Result<std::collections::HashMap<String, RunnerOutput>, BpfError> {
+    if stdout.len() > MAX_RUNNER_OUTPUT_BYTES.saturating_mul(64) {
+        return Err(BpfError::OutputTooLong { len: stdout.len() });
+    }
+    let mut out = std::collections::HashMap::new();
+    for line in stdout.lines().map(str::trim).filter(|l| l.starts_with('{')) {
+        if out.len() == MAX_TESTS {
+            return Err(BpfError::TooManyTests);
+        }
+        let run: RunnerOutput = serde_json::from_str(line).map_err(BpfError::Json)?;
+        out.insert(run.test.clone(), run);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1277,7 +1398,9 @@ mod tests {
             (format!("{long}\n"), Err("LongName { line: 1 }")),
         ];
         for (stdout, want) in table {
-            let got = parse_list(&stdout).map_err(|e| format!("{e:?}"));
+            let got = parse_list(&stdout)
+                .map(|l| l.names)
+                .map_err(|e| format!("{e:?}"));
             let want = want
                 .map(|v| v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .map_err(str::to_string);
@@ -1289,9 +1412,37 @@ mod tests {
         assert!(matches!(parse_list(&too_many), Err(BpfError::TooManyTests)));
         assert_eq!(list_argv("/t/x.o"), ["/init", "bpf", "list", "/t/x.o"]);
         assert_eq!(
-            run_argv("/t/x.o", "a b"),
+            run_argv("/t/x.o", &["a b"], &RunArgs::default()),
             ["/init", "bpf", "run", "/t/x.o", "a b"]
         );
+        let args = RunArgs {
+            object: true,
+            globals: vec![("bpf_log_level".into(), "3".into())],
+            tail_calls: vec![("km_xdp_tailcall".into(), 1, "policy_check".into())],
+            maps_setup: Some("/t/setup".into()),
+        };
+        assert_eq!(
+            run_argv("/t/x.o", &["a", "b"], &args),
+            [
+                "/init",
+                "bpf",
+                "run",
+                "/t/x.o",
+                "--object",
+                "--global",
+                "bpf_log_level=3",
+                "--tail-call",
+                "km_xdp_tailcall:1=policy_check",
+                "--maps-setup",
+                "/t/setup",
+                "a",
+                "b"
+            ]
+        );
+        let kmesh = parse_list("# stages: jump\na\n").expect("parses");
+        assert_eq!((kmesh.names, kmesh.kmesh), (vec!["a".to_string()], true));
+        let cilium = parse_list("# other note\na\n").expect("parses");
+        assert!(!cilium.kmesh);
     }
 
     #[test]
@@ -1374,6 +1525,7 @@ mod tests {
             verifier_log: None,
             stages,
             result_map: Some(hex(bytes)),
+            wall_ns: None,
         }
     }
 
@@ -1392,6 +1544,7 @@ mod tests {
             ),
             stages: vec![],
             result_map: None,
+            wall_ns: None,
         };
         let skipped_run = RunnerOutput {
             outcome: RunnerOutcome::Skipped,
@@ -1486,7 +1639,7 @@ mod tests {
                 }),
                 ok,
                 ResultType::Broken,
-                "object has no suite_result_map",
+                "the object has no suite_result_map, the map the check's results are read from",
                 Some(Cause::Protocol),
             ),
             (
@@ -1509,12 +1662,60 @@ mod tests {
                 Some(Cause::Protocol),
             ),
             (
-                "all zeros",
+                "empty map, pass",
                 Ok(ran_with(&[0; 8192], Some(1))),
                 ok,
+                ResultType::Passed,
+                "",
+                None,
+            ),
+            (
+                "empty map, current cilium pass",
+                Ok(ran_with(&[0; 8192], Some(101))),
+                ok,
+                ResultType::Passed,
+                "",
+                None,
+            ),
+            (
+                "empty map, fail",
+                Ok(ran_with(&[0; 8192], Some(2))),
+                ok,
+                ResultType::Failed,
+                "check returned FAIL (2)",
+                None,
+            ),
+            (
+                "empty map, current cilium fail",
+                Ok(ran_with(&[0; 8192], Some(102))),
+                ok,
+                ResultType::Failed,
+                "check returned FAIL (102)",
+                None,
+            ),
+            (
+                "empty map, skip",
+                Ok(ran_with(&[], Some(103))),
+                ok,
+                ResultType::Skipped,
+                "check returned SKIP (103)",
+                None,
+            ),
+            (
+                "empty map, error",
+                Ok(ran_with(&[], Some(0))),
+                ok,
                 ResultType::Broken,
-                "check program wrote nothing to suite_result_map (no test_init()/test_finish()?)",
-                Some(Cause::Protocol),
+                "check returned ERROR (0)",
+                None,
+            ),
+            (
+                "unknown code passes, as upstream's default branch",
+                Ok(ran_with(&[], Some(7))),
+                ok,
+                ResultType::Passed,
+                "",
+                None,
             ),
             (
                 "own pass",
@@ -1525,21 +1726,29 @@ mod tests {
                 None,
             ),
             (
-                "own pass beats retval",
+                "return code beats the map's own entry",
                 Ok(ran_with(&suite(&[own(1, &[])], &[]), Some(2))),
+                ok,
+                ResultType::Failed,
+                "check returned FAIL (2)",
+                None,
+            ),
+            (
+                "own entry fails but check returns pass",
+                Ok(ran_with(&suite(&[own(2, &[line("x")])], &[]), Some(1))),
                 ok,
                 ResultType::Passed,
                 "",
                 None,
             ),
             (
-                "named fail",
+                "named fail is the test's own",
                 Ok(ran_with(
                     &suite(
                         &[entry("t", Some(2), &[line("first"), line("second")])],
                         &[],
                     ),
-                    Some(1),
+                    Some(2),
                 )),
                 ok,
                 ResultType::Failed,
@@ -1547,7 +1756,7 @@ mod tests {
                 None,
             ),
             (
-                "own fail, suite log",
+                "fail, suite log",
                 Ok(ran_with(
                     &suite(&[own(2, &[])], &[log_msg("got %d", &[3], false)]),
                     Some(2),
@@ -1558,15 +1767,24 @@ mod tests {
                 None,
             ),
             (
-                "own fail, no log",
-                Ok(ran_with(&suite(&[own(2, &[])], &[]), Some(2))),
+                "a failure's assert line before its other lines",
+                Ok(ran_with(
+                    &suite(
+                        &[own(2, &[])],
+                        &[
+                            line("input of 64 bytes"),
+                            line("assert failed: got == 0 (x.c:3)"),
+                        ],
+                    ),
+                    Some(2),
+                )),
                 ok,
                 ResultType::Failed,
-                "test failed",
+                "assert failed: got == 0 (x.c:3)",
                 None,
             ),
             (
-                "own skip",
+                "skip with a log line",
                 Ok(ran_with(
                     &suite(&[own(3, &[])], &[line("no ipv6")]),
                     Some(3),
@@ -1577,15 +1795,7 @@ mod tests {
                 None,
             ),
             (
-                "own skip, no log",
-                Ok(ran_with(&suite(&[own(3, &[])], &[]), Some(3))),
-                ok,
-                ResultType::Skipped,
-                "test skipped",
-                None,
-            ),
-            (
-                "own error",
+                "error: the last line",
                 Ok(ran_with(
                     &suite(&[own(0, &[])], &[line("a"), line("lab: full")]),
                     Some(0),
@@ -1596,23 +1806,7 @@ mod tests {
                 None,
             ),
             (
-                "own unknown",
-                Ok(ran_with(&suite(&[own(9, &[])], &[]), Some(9))),
-                ok,
-                ResultType::Broken,
-                "check returned 9, not a test status",
-                None,
-            ),
-            (
-                "cilium pass",
-                Ok(ran_with(&suite(&[], &[line("hello")]), Some(1))),
-                ok,
-                ResultType::Passed,
-                "",
-                None,
-            ),
-            (
-                "cilium fail",
+                "cilium-style suite log only",
                 Ok(ran_with(&suite(&[], &[line("bad")]), Some(2))),
                 ok,
                 ResultType::Failed,
@@ -1620,39 +1814,15 @@ mod tests {
                 None,
             ),
             (
-                "cilium skip",
-                Ok(ran_with(&suite(&[], &[line("later")]), Some(3))),
-                ok,
-                ResultType::Skipped,
-                "later",
-                None,
-            ),
-            (
-                "cilium error",
-                Ok(ran_with(&suite(&[], &[line("x")]), Some(0))),
-                ok,
-                ResultType::Broken,
-                "x",
-                None,
-            ),
-            (
-                "xdp_pass returned",
-                Ok(ran_with(&suite(&[], &[line("x")]), Some(7))),
-                ok,
-                ResultType::Broken,
-                "check returned 7, not a test status",
-                None,
-            ),
-            (
-                "no verdict at all",
+                "no check ran",
                 Ok(ran_with(&suite(&[], &[line("x")]), None)),
                 ok,
                 ResultType::Broken,
-                "no result for t in suite_result_map",
+                "the check program did not run",
                 Some(Cause::Protocol),
             ),
             (
-                "part fails",
+                "a failed TEST() fails a passing check",
                 Ok(ran_with(
                     &suite(
                         &[
@@ -1669,18 +1839,18 @@ mod tests {
                 None,
             ),
             (
-                "part fails silently",
+                "a silent failed TEST()",
                 Ok(ran_with(
                     &suite(&[entry("p", Some(2), &[]), own(1, &[])], &[]),
                     Some(1),
                 )),
                 ok,
                 ResultType::Failed,
-                "p: test failed",
+                "p failed",
                 None,
             ),
             (
-                "part errs",
+                "an ERROR TEST() breaks a passing check",
                 Ok(ran_with(
                     &suite(
                         &[
@@ -1698,15 +1868,15 @@ mod tests {
                 None,
             ),
             (
-                "part unknown",
+                "a TEST() of unknown status passes",
                 Ok(ran_with(&suite(&[entry("p", Some(9), &[])], &[]), Some(1))),
                 ok,
-                ResultType::Broken,
-                "p: unknown status 9",
+                ResultType::Passed,
+                "",
                 None,
             ),
             (
-                "part skips",
+                "a skipped TEST() skips itself only",
                 Ok(ran_with(
                     &suite(&[entry("p", Some(3), &[]), own(1, &[])], &[]),
                     Some(1),
@@ -1717,7 +1887,7 @@ mod tests {
                 None,
             ),
             (
-                "own fail before part fail",
+                "the check's own failure line first",
                 Ok(ran_with(
                     &suite(
                         &[entry("p", Some(2), &[line("p")]), own(2, &[])],
@@ -1731,7 +1901,7 @@ mod tests {
                 None,
             ),
             (
-                "part fail beats own skip",
+                "a failed TEST() beats a skip, as in Go",
                 Ok(ran_with(
                     &suite(&[entry("p", Some(2), &[line("p")]), own(3, &[])], &[]),
                     Some(3),
@@ -1742,8 +1912,33 @@ mod tests {
                 None,
             ),
             (
-                "parts only, no retval",
-                Ok(ran_with(&suite(&[entry("p", Some(1), &[])], &[]), None)),
+                "setup returned current cilium's FAIL",
+                Ok(RunnerOutput {
+                    stages: vec![stage(StageKind::Setup, 102), stage(StageKind::Check, 101)],
+                    ..ran_with(&[], Some(1))
+                }),
+                ok,
+                ResultType::Failed,
+                "setup returned FAIL (102)",
+                None,
+            ),
+            (
+                "pktgen returned current cilium's ERROR",
+                Ok(RunnerOutput {
+                    stages: vec![stage(StageKind::Pktgen, 100), stage(StageKind::Check, 101)],
+                    ..ran_with(&[], Some(1))
+                }),
+                ok,
+                ResultType::Broken,
+                "pktgen returned ERROR (100)",
+                None,
+            ),
+            (
+                "setup's TC_ACT_SHOT is no status",
+                Ok(RunnerOutput {
+                    stages: vec![stage(StageKind::Setup, 2), stage(StageKind::Check, 1)],
+                    ..ran_with(&[], Some(1))
+                }),
                 ok,
                 ResultType::Passed,
                 "",
@@ -1751,7 +1946,7 @@ mod tests {
             ),
         ];
         for (what, run, outcome, kind, reason, cause) in table {
-            let (got, _) = result(&run, &outcome, "t");
+            let (got, _, _) = result(&run, &outcome, "t");
             assert_eq!(got.kind, kind, "{what}: {got}");
             assert_eq!(got.reason.as_deref().unwrap_or(""), reason, "{what}");
             assert_eq!(got.cause, cause, "{what}");
@@ -1768,7 +1963,7 @@ mod tests {
             ],
             &[log_msg("suite %x", &[255], false)],
         );
-        let (_, text) = result(&Ok(ran_with(&bytes, Some(1))), &ok, "t");
+        let (_, _, text) = result(&Ok(ran_with(&bytes, Some(1))), &ok, "t");
         assert_eq!(
             text,
             "stage Pktgen (tc/test/t/pktgen): returned 0, 10 ns\n\
@@ -1785,12 +1980,13 @@ mod tests {
             verifier_log: Some(long),
             stages: vec![],
             result_map: None,
+            wall_ns: None,
         };
-        let (_, text) = result(&Ok(run), &ok, "t");
+        let (_, _, text) = result(&Ok(run), &ok, "t");
         assert!(text.starts_with("verifier log (tail):\nxxx"), "{text:.40}");
         assert!(text.ends_with("END\n"));
         assert!(text.len() < MAX_VERIFIER_LOG_BYTES + 100);
-        let (_, text) = result(&Err(BpfError::NoJson), &ok, "t");
+        let (_, _, text) = result(&Err(BpfError::NoJson), &ok, "t");
         assert_eq!(text, "no json object in the runner's output\n");
     }
 
@@ -2009,7 +2205,7 @@ int main(int argc, char **argv)
             test: check.to_string(),
             ..ran_with(bytes, None)
         };
-        let (got, text) = result(&Ok(run), &RunOutcome::exited(ExitStatus::Code(0)), check);
+        let (got, _, text) = result(&Ok(run), &RunOutcome::exited(ExitStatus::Code(0)), check);
         let rendered = |logs: &[Log]| logs.iter().map(render).collect::<Vec<_>>();
         let names: Vec<(&str, Status)> = suite
             .results

@@ -12,7 +12,8 @@ use crate::executor::{self, CaseRun, Context, ListError};
 
 /// Lists every program of `plan` (its first kernel) as `lab list` shows them: atf and bpf
 /// programs in a VM booted when the first one needs it, plain and tap ones without one.
-/// A program that cannot be listed gets its `__test_cases_list__` result instead of cases.
+/// A program that cannot be listed gets its `__test_cases_list__` result instead of cases. A
+/// bpf program comes back with the state its run would use filled in when its Kyuafile set none.
 #[allow(clippy::type_complexity)]
 pub fn list(
     plan: &Plan,
@@ -58,7 +59,18 @@ pub fn list(
             }
         };
         match executor::list(guest.as_mut(), &ctx, program) {
-            Ok(cases) => out.push((program.clone(), Ok(keep(cases)))),
+            Ok(listing) => {
+                // The state the run would use, for `lab list -v` to show.
+                let mut program = program.clone();
+                if program.interface == lab_model::Interface::Bpf && program.bpf.state.is_none() {
+                    program.bpf.state = Some(if listing.batch {
+                        lab_model::BpfState::Object
+                    } else {
+                        lab_model::BpfState::Test
+                    });
+                }
+                out.push((program, Ok(keep(listing.cases))))
+            }
             Err(ListError::Broken(r)) => out.push((program.clone(), Err(r))),
             Err(ListError::Guest(e)) => return Err(e),
         }
@@ -121,7 +133,7 @@ pub fn debug(
         boot_time: guest.boot_time(),
     });
     let cases = match executor::list(guest.as_mut(), &ctx, program) {
-        Ok(cases) => cases,
+        Ok(listing) => listing.cases,
         Err(ListError::Guest(e)) => return Err(e),
         Err(ListError::Broken(result)) => {
             on_event(&not_run(&kernel, program, LIST_CASE, result));

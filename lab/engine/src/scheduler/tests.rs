@@ -437,7 +437,12 @@ fn a_program_that_did_not_build_is_broken_without_a_vm() {
         kernels: vec!["k".into()],
         programs,
         filters: vec![],
-        unbuilt: vec![(0, "x_test.c:3:1: error: unknown type name 'nope'".into())],
+        unbuilt: vec![(
+            0,
+            "clang could not compile x_test.c:\nIn file included from x_test.c:1:\n\
+             x_test.c:3:1: error: unknown type name 'nope'\n1 error generated.\n"
+                .into(),
+        )],
     };
     let launcher = FakeLauncher::default();
     let (counts, events) = run_plan(&plan, 1, &launcher);
@@ -445,12 +450,18 @@ fn a_program_that_did_not_build_is_broken_without_a_vm() {
     assert_eq!(counts.broken, 1);
     assert_eq!(launcher.boots.load(Ordering::SeqCst), 0);
     let r = results(&events);
-    let (kind, reason) = &r["k x_test.c:__test_cases_list__"];
+    let (kind, reason) = &r["k x_test.c:__build__"];
     assert_eq!(*kind, ResultType::Broken);
-    assert!(reason
-        .as_deref()
-        .unwrap_or("")
-        .contains("unknown type name"));
+    // One line, the compiler's first error; all it said in stderr.
+    assert_eq!(
+        reason.as_deref(),
+        Some("x_test.c:3:1: error: unknown type name 'nope'")
+    );
+    let stderr = events.iter().find_map(|e| match e {
+        RunEvent::CaseFinished { stderr, .. } => Some(stderr.clone()),
+        _ => None,
+    });
+    assert!(stderr.is_some_and(|s| s.contains("1 error generated")));
 }
 
 #[test]

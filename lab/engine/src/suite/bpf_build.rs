@@ -36,8 +36,8 @@ use sha2::{Digest, Sha256};
 /// `lab/test.h`, the header suite authors include, as this binary was built with it.
 pub const LAB_TEST_H: &str = include_str!("../../../../suites/ebpf/include/lab/test.h");
 
-/// The flags before the include directories.
-const FLAGS: &[&str] = &["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86"];
+/// The flags before the include directories, unless the Kyuafile's `cflags` replace them.
+pub const DEFAULT_FLAGS: &[&str] = &["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86"];
 /// Debian's multiarch include directory for x86-64.
 const MULTIARCH_INCLUDE: &str = "/usr/include/x86_64-linux-gnu";
 /// The most bytes of clang's error output kept.
@@ -87,11 +87,14 @@ pub enum BpfBuildError {
     },
 }
 
-/// How eBPF test programs are compiled: which clang, and where `<lab/test.h>` comes from.
+/// How eBPF test programs are compiled: which clang, where `<lab/test.h>` comes from, and the
+/// program's own flags and include directories (the Kyuafile's `cflags` and `include`).
 #[derive(Debug, Clone)]
 pub struct BpfBuilder {
     clang: PathBuf,
     lab_include: Option<PathBuf>,
+    cflags: Option<Vec<String>>,
+    extra_includes: Vec<PathBuf>,
 }
 
 impl Default for BpfBuilder {
@@ -133,7 +136,23 @@ impl BpfBuilder {
         Self {
             clang: PathBuf::from("clang"),
             lab_include: None,
+            cflags: None,
+            extra_includes: Vec::new(),
         }
+    }
+
+    /// Compiles with `flags` instead of lab's (`-O2 -g -target bpf -D__TARGET_ARCH_x86`), as a
+    /// project's Makefile would (`-O2 -g --target=bpf -mcpu=v3 -nostdinc -Werror`…); a target
+    /// is added when the flags name none. The include directories still follow them.
+    pub fn cflags(mut self, flags: Vec<String>) -> Self {
+        self.cflags = Some(flags);
+        self
+    }
+
+    /// Searches `dirs` before the `include/` directories lab finds itself.
+    pub fn includes(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.extra_includes = dirs;
+        self
     }
 
     /// Uses this clang.
@@ -169,13 +188,26 @@ impl BpfBuilder {
             None => builtin_include(&dir)?,
         };
 
-        let mut includes = include_dirs(&source, &suite_root);
+        let mut includes: Vec<PathBuf> = self.extra_includes.clone();
+        includes.extend(include_dirs(&source, &suite_root));
         includes.push(lab_include);
         let multiarch = Path::new(MULTIARCH_INCLUDE);
         if multiarch.is_dir() {
             includes.push(multiarch.to_path_buf());
         }
-        let mut args: Vec<String> = FLAGS.iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = match &self.cflags {
+            Some(flags) => {
+                let mut v = flags.clone();
+                let has_target = v.iter().any(|f| {
+                    f == "-target" || f.starts_with("--target=") || f.starts_with("-target=")
+                });
+                if !has_target {
+                    v.push("--target=bpf".into());
+                }
+                v
+            }
+            None => DEFAULT_FLAGS.iter().map(|s| s.to_string()).collect(),
+        };
         args.extend(includes.iter().map(|d| format!("-I{}", d.display())));
 
         let version = self.version()?;

@@ -50,7 +50,7 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use lab_model::{Interface, Metadata, TestProgram};
+use lab_model::{BpfOptions, BpfState, Interface, Metadata, TailCallSlot, TestProgram};
 use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value, VmState};
 
@@ -593,6 +593,22 @@ impl Evaluator {
         }
         // Lua's table order is arbitrary: sort, so the same file always fails the same way.
         properties.sort_by(|a, b| a.0.cmp(&b.0));
+        let (bpf_properties, properties): (Vec<_>, Vec<_>) = properties
+            .into_iter()
+            .partition(|(k, _)| BPF_PROPERTIES.contains(&k.as_str()));
+        if interface != Interface::Bpf {
+            if let Some((key, _)) = bpf_properties.first() {
+                return Err(fail(
+                    lua,
+                    format!(
+                        "metadata property '{key}' in test program '{name}' is only for \
+                         bpf_test_program"
+                    ),
+                ));
+            }
+        }
+        let bpf = bpf_options(file.dir_rel(), &bpf_properties)
+            .map_err(|why| fail(lua, format!("test program '{name}': {why}")))?;
         let mut metadata = Metadata::default();
         for (key, value) in &properties {
             let value = property_value(key, value).map_err(|why| {
@@ -638,15 +654,150 @@ impl Evaluator {
         } else {
             suite_override
         };
-        self.programs.borrow_mut().push(TestProgram::new(
-            interface,
-            &self.root,
-            &path,
-            &test_suite,
-            metadata,
-        ));
+        let mut program = TestProgram::new(interface, &self.root, &path, &test_suite, metadata);
+        program.bpf = bpf;
+        self.programs.borrow_mut().push(program);
         Ok(())
     }
+}
+
+/// The `bpf_test_program` properties beyond Kyua's metadata (docs/ebpf.md).
+pub const BPF_PROPERTIES: &[&str] = &[
+    "cflags",
+    "globals",
+    "include",
+    "maps_setup",
+    "state",
+    "tail_calls",
+];
+
+/// The bpf options of a program declared in directory `dir` (root-relative) from its bpf
+/// properties; the error completes "test program 'NAME': ...".
+fn bpf_options(dir: &str, properties: &[(String, Value)]) -> Result<BpfOptions, String> {
+    let mut out = BpfOptions::default();
+    for (key, value) in properties {
+        let bad = |what: &str| format!("property '{key}' {what}");
+        match key.as_str() {
+            "globals" => {
+                let Value::Table(t) = value else {
+                    return Err(bad("must be a table {name = value, ...}"));
+                };
+                for pair in t.clone().pairs::<Value, Value>() {
+                    let (k, v) = pair.map_err(|e| bad(&e.to_string()))?;
+                    let Value::String(k) = k else {
+                        return Err(bad("has a key that is not a variable name"));
+                    };
+                    let k = k
+                        .to_str()
+                        .map_err(|_| bad("has a key that is not UTF-8"))?
+                        .to_string();
+                    let v = match &v {
+                        Value::Boolean(b) => b.to_string(),
+                        other => match stringish(other) {
+                            Some(Ok(s)) => s,
+                            _ => {
+                                return Err(bad(&format!(
+                                    "gives {k} a value that is no number, string or boolean"
+                                )))
+                            }
+                        },
+                    };
+                    out.globals.insert(k, v);
+                }
+            }
+            "tail_calls" => {
+                let Value::Table(t) = value else {
+                    return Err(bad(
+                        "must be a table {map = {[slot] = 'program', ...}, ...}",
+                    ));
+                };
+                for pair in t.clone().pairs::<Value, Value>() {
+                    let (map, slots) = pair.map_err(|e| bad(&e.to_string()))?;
+                    let (Value::String(map), Value::Table(slots)) = (map, slots) else {
+                        return Err(bad("must map map names to tables {[slot] = 'program'}"));
+                    };
+                    let map = map
+                        .to_str()
+                        .map_err(|_| bad("has a map name that is not UTF-8"))?
+                        .to_string();
+                    for pair in slots.pairs::<Value, Value>() {
+                        let (slot, program) = pair.map_err(|e| bad(&e.to_string()))?;
+                        let slot = match slot {
+                            Value::Integer(i) => u32::try_from(i).ok(),
+                            Value::Number(n) if n.fract() == 0.0 && n >= 0.0 => Some(n as u32),
+                            _ => None,
+                        }
+                        .ok_or_else(|| bad(&format!("has a slot of {map} that is no number")))?;
+                        let Value::String(program) = program else {
+                            return Err(bad(&format!(
+                                "puts something other than a program name at {map}[{slot}]"
+                            )));
+                        };
+                        let program = program
+                            .to_str()
+                            .map_err(|_| bad("has a program name that is not UTF-8"))?
+                            .to_string();
+                        out.tail_calls.push(TailCallSlot {
+                            map: map.clone(),
+                            slot,
+                            program,
+                        });
+                    }
+                }
+                out.tail_calls
+                    .sort_by(|a, b| (&a.map, a.slot).cmp(&(&b.map, b.slot)));
+            }
+            "state" => {
+                out.state = Some(match stringish(value).and_then(Result::ok).as_deref() {
+                    Some("object") => BpfState::Object,
+                    Some("test") => BpfState::Test,
+                    _ => return Err(bad("must be 'object' or 'test'")),
+                });
+            }
+            "maps_setup" => {
+                let Some(Ok(p)) = stringish(value) else {
+                    return Err(bad("must be a program's path"));
+                };
+                let rel = normalize(dir, &p).filter(|r| !r.is_empty() && !p.starts_with('/'));
+                out.maps_setup =
+                    Some(rel.ok_or_else(|| bad("must be a path inside the suite root"))?);
+            }
+            "cflags" | "include" => {
+                let words: Vec<String> = match value {
+                    Value::Table(t) => {
+                        let mut v = Vec::new();
+                        for i in 1..=t.raw_len() {
+                            match t.raw_get::<Value>(i) {
+                                Ok(Value::String(s)) => v.push(
+                                    s.to_str()
+                                        .map_err(|_| bad("holds a string that is not UTF-8"))?
+                                        .to_string(),
+                                ),
+                                _ => return Err(bad("must be an array of strings")),
+                            }
+                        }
+                        v
+                    }
+                    other => match stringish(other) {
+                        Some(Ok(s)) => s.split_whitespace().map(str::to_string).collect(),
+                        _ => return Err(bad("must be a string or an array of strings")),
+                    },
+                };
+                if key == "cflags" {
+                    out.cflags = Some(words);
+                } else {
+                    for w in words {
+                        let rel = normalize(dir, &w).filter(|_| !w.starts_with('/'));
+                        out.include.push(
+                            rel.ok_or_else(|| bad(&format!("names {w}, outside the suite root")))?,
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// `syntax(2)`, or Kyua's version-1 form `syntax('kyuafile', 1)`.
@@ -1122,6 +1273,130 @@ assert(math.max(1, 2) == 2 and string.upper('a') == 'A' and table.concat({'a'}) 
         )]);
         let suite = load_ok(&dir);
         assert!(!suite.programs[0].host_path().exists());
+    }
+
+    #[test]
+    fn bpf_properties() {
+        let dir = tree(&[
+            (
+                "Kyuafile",
+                "syntax(2)\ntest_suite('s')\ninclude('k/Kyuafile')\n",
+            ),
+            (
+                "k/Kyuafile",
+                r#"syntax(2)
+test_suite('s')
+bpf_test_program{
+    name = 'workload_test.c',
+    cflags = {'-O2', '-g', '--target=bpf', '-mcpu=v3', '-nostdinc', '-Werror'},
+    include = {'include', '../common/include'},
+    globals = {bpf_log_level = 3, authz_offload = false, name = 'x'},
+    tail_calls = {km_xdp_tailcall = {[0] = 'policies_check', [2] = 'xdp_shutdown'},
+                  other = {[1] = 'p'}},
+    state = 'test',
+    maps_setup = 'setup.sh',
+    timeout = 30,
+}
+bpf_test_program{name = 'plain.o', cflags = '-O2 -g'}
+"#,
+            ),
+        ]);
+        let suite = load_ok(&dir);
+        let bpf = &suite.programs[0].bpf;
+        assert_eq!(
+            bpf.cflags.as_deref(),
+            Some(
+                &[
+                    "-O2",
+                    "-g",
+                    "--target=bpf",
+                    "-mcpu=v3",
+                    "-nostdinc",
+                    "-Werror"
+                ]
+                .map(String::from)[..]
+            )
+        );
+        assert_eq!(bpf.include, ["k/include", "common/include"]);
+        let globals: Vec<(&str, &str)> = bpf
+            .globals
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            globals,
+            [
+                ("authz_offload", "false"),
+                ("bpf_log_level", "3"),
+                ("name", "x")
+            ]
+        );
+        let slots: Vec<(&str, u32, &str)> = bpf
+            .tail_calls
+            .iter()
+            .map(|t| (t.map.as_str(), t.slot, t.program.as_str()))
+            .collect();
+        assert_eq!(
+            slots,
+            [
+                ("km_xdp_tailcall", 0, "policies_check"),
+                ("km_xdp_tailcall", 2, "xdp_shutdown"),
+                ("other", 1, "p")
+            ]
+        );
+        assert_eq!(bpf.state, Some(BpfState::Test));
+        assert_eq!(bpf.maps_setup.as_deref(), Some("k/setup.sh"));
+        assert_eq!(suite.programs[0].metadata.timeout, Duration::from_secs(30));
+        assert_eq!(
+            suite.programs[1].bpf.cflags.as_deref(),
+            Some(&["-O2", "-g"].map(String::from)[..])
+        );
+        assert!(suite.programs[1].bpf.globals.is_empty());
+        assert_eq!(
+            suite.programs[1].bpf.effective_state(false),
+            BpfState::Object
+        );
+        assert_eq!(suite.programs[1].bpf.effective_state(true), BpfState::Test);
+
+        let k = "Load of '{D}/Kyuafile' failed: {D}/Kyuafile:3:";
+        let bad = |body: &str| {
+            load_err(
+                &[("Kyuafile", &format!("{PROLOGUE}{body}\n"))],
+                Limits::default(),
+            )
+        };
+        for (body, want) in [
+            (
+                "bpf_test_program{name='a.o', state='shared'}",
+                "test program 'a.o': property 'state' must be 'object' or 'test'",
+            ),
+            (
+                "bpf_test_program{name='a.o', globals={1}}",
+                "test program 'a.o': property 'globals' has a key that is not a variable name",
+            ),
+            (
+                "bpf_test_program{name='a.o', tail_calls={m={[-1]='p'}}}",
+                "test program 'a.o': property 'tail_calls' has a slot of m that is no number",
+            ),
+            (
+                "bpf_test_program{name='a.o', tail_calls={m='p'}}",
+                "test program 'a.o': property 'tail_calls' must map map names to tables {[slot] = 'program'}",
+            ),
+            (
+                "bpf_test_program{name='a.o', include={'../x'}}",
+                "test program 'a.o': property 'include' names ../x, outside the suite root",
+            ),
+            (
+                "bpf_test_program{name='a.o', maps_setup='/bin/true'}",
+                "test program 'a.o': property 'maps_setup' must be a path inside the suite root",
+            ),
+            (
+                "plain_test_program{name='a', globals={x=1}}",
+                "metadata property 'globals' in test program 'a' is only for bpf_test_program",
+            ),
+        ] {
+            assert_eq!(bad(body), format!("{k} {want}"), "{body}");
+        }
     }
 
     /// Loads a tree under `limits` and returns its error, `{D}` standing for the tree's root.
