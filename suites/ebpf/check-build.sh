@@ -22,5 +22,18 @@ for src in "$here"/tests/*.c "$here"/selftest/tests/*.c; do
 		status=1
 	fi
 done
+# compat/: Cilium's and Kmesh's flags and their headers, as compat/Kyuafile gives them.
+for src in "$here"/compat/cilium/*_test.c "$here"/compat/kmesh/*_test.c; do
+	[ -e "$src" ] || continue
+	rel=${src#"$here"/}
+	obj="$out/$(echo "$rel" | tr / _ | sed 's/\.c$/.o/')"
+	if clang -O2 -g --target=bpf -mcpu=v3 -nostdinc -Werror -Wall -Wno-unused-function \
+		-I "$here/compat/include" -c "$src" -o "$obj"; then
+		echo "ok   $rel"
+	else
+		echo "FAIL $rel"
+		status=1
+	fi
+done
 echo "objects in $out"
 exit $status

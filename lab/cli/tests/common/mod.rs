@@ -222,18 +222,31 @@ pub fn suites() -> PathBuf {
 
 /// `PROGRAM:CASE → (RESULT, lab-only)` from an `expected` file.
 pub fn expected(tree: &Path) -> BTreeMap<String, (String, bool)> {
-    std::fs::read_to_string(tree.join("expected"))
-        .unwrap()
+    let mut out = BTreeMap::new();
+    read_expected(tree, "", &mut out);
+    out
+}
+
+/// The lines of `dir/expected` into `out`, programs prefixed with `prefix`; a line
+/// `include SUB/expected` reads that file too, its programs under `SUB/`.
+fn read_expected(dir: &Path, prefix: &str, out: &mut BTreeMap<String, (String, bool)>) {
+    let text = std::fs::read_to_string(dir.join("expected")).unwrap();
+    for l in text
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            (
-                w[0].to_string(),
-                (w[1].to_string(), w.get(2) == Some(&"lab-only")),
-            )
-        })
-        .collect()
+    {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w[0] == "include" {
+            let sub = Path::new(w[1]).parent().unwrap();
+            let sub_prefix = format!("{prefix}{}/", sub.display());
+            read_expected(&dir.join(sub), &sub_prefix, out);
+            continue;
+        }
+        out.insert(
+            format!("{prefix}{}", w[0]),
+            (w[1].to_string(), w.get(2) == Some(&"lab-only")),
+        );
+    }
 }
 
 /// `(kernel, PROGRAM:CASE) → (result, reason)` from `lab test --format json`.

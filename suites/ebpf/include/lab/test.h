@@ -12,9 +12,10 @@
  *   Log         { string fmt = 1; repeated fixed64 args = 2 (packed); }
  *   Status      { ERROR = 0; PASS = 1; FAIL = 2; SKIP = 3; }
  *
- * TAIL_CALL(progtype, map, index) marks a program that the lab puts into the object's prog
- * array `map` at `index` before each test's stages run (the lab's stand-in for libbpf's
- * static `.values` initialisation of prog arrays).
+ * The check's return code is the test's verdict, as in Cilium's and Kmesh's harnesses;
+ * test_finish() returns it. TAIL_CALL(progtype, map, index) marks a program that the lab puts
+ * into the object's prog array `map` at `index` before the stages run: lab's older alias of a
+ * static `.values` initialiser, which lab's loader reads as libbpf and cilium/ebpf do.
  *
  * The encoder is plain C: every write is a constant number of bytes at an offset checked
  * against the buffer first, so the verifier can bound it, and defining LAB_TEST_HOST before
@@ -258,9 +259,9 @@ static __always_inline int lab_finish(struct lab_test_state *s)
 #define JUMP(progtype, name) SETUP(progtype, name) /* Kmesh's name for SETUP */
 #define CHECK(progtype, name) LAB_SEC(progtype "/test/" name "/check")
 
-/* Puts the next function in section progtype/tail/map/index, a tail call target: before each
- * test's stages run, the lab loads every such program of the object (as a progtype program)
- * and stores it at key `index` of the prog array `map`. `map` is the C name of a
+/* Puts the next function in section progtype/tail/map/index, a tail call target: before the
+ * stages run, the lab loads it (as a progtype program) and stores it at key `index` of the
+ * prog array `map`, when the run's programs can reach that slot. `map` is the C name of a
  * BPF_MAP_TYPE_PROG_ARRAY map of the object (key and value __u32); `index` a decimal integer
  * constant, as a literal or a #define of one (not an enum, a suffix or an expression: the
  * lab refuses a section whose index is not decimal digits). */
