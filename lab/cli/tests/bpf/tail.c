@@ -1,8 +1,9 @@
 /* Tail calls for the guest runner's e2e test: the target in section xdp/tail/jumps/1 fills
- * slot 1 of the prog array jumps (the lab's convention); slot 2 stays empty. tail_taken's
- * setup jumps to slot 1, tail_empty's to slot 2, which falls through. Built again with
- * -DBAD_TARGET (a target the verifier rejects), -DNO_MAP (a target naming no map) and
- * -DNOT_PROG_ARRAY (a target naming an array map), where every test is an error. */
+ * slot 1 of the prog array jumps (the lab's alias of a static slot); slot 2 stays empty.
+ * tail_taken's setup jumps to slot 1, tail_empty's to slot 2, which falls through. Built again
+ * with -DBAD_TARGET (a target the verifier rejects: an error for tail_taken, which reaches it,
+ * and never loaded for tail_empty), -DNO_MAP (a target naming no map) and -DNOT_PROG_ARRAY (a
+ * target naming an array map), where every test is an error. */
 #include "result.h"
 
 #define MARK 0x7a
