@@ -202,10 +202,12 @@ fn run_one(p: &Prepared, name: &str) -> Report {
     for (s, program) in &stages {
         match program.kind {
             Some(k) => kinds.push(k),
+            // An unknown type is the object's error (a typo must not pass as a skip).
             None => {
-                return report.skipped(format!(
-                    "the runner cannot load {} programs (section {})",
-                    s.progtype, s.section
+                return report.error(format!(
+                    "unsupported: section {} names no program type the runner knows \
+                     (cilium/ebpf's section names)",
+                    s.section
                 ));
             }
         }

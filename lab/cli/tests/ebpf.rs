@@ -99,6 +99,12 @@ fn failing_skipped_and_broken_bpf_tests_say_why_and_the_rest_runs() {
     );
     assert!(reason("tests/no_map_test.c:no_map").contains("no suite_result_map"));
     assert!(reason("tests/garbage_result_test.c:truncated").contains("truncated"));
+    assert!(
+        reason("tests/unknown_type_test.c:typo_in_progtype").starts_with(
+            "unsupported: section xpd/test/typo_in_progtype/check names no program type"
+        ),
+        "{got:?}"
+    );
 }
 
 #[test]
