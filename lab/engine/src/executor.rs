@@ -479,6 +479,23 @@ pub(crate) struct CaseRun {
 }
 
 impl CaseRun {
+    /// The `CaseFinished` event of case `id` of a program of `interface`.
+    pub(crate) fn finished(
+        self,
+        id: lab_model::CaseId,
+        interface: Interface,
+    ) -> lab_model::RunEvent {
+        lab_model::RunEvent::CaseFinished {
+            id,
+            interface,
+            result: self.result,
+            subresults: self.subresults,
+            duration: self.duration,
+            stdout: self.stdout,
+            stderr: self.stderr,
+        }
+    }
+
     fn empty(result: TestResult) -> Self {
         Self {
             result,

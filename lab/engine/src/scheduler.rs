@@ -687,15 +687,7 @@ impl Worker<'_, '_> {
                         (CaseRun { result, ..partial }, lost)
                     }
                 };
-                self.send(RunEvent::CaseFinished {
-                    id,
-                    interface: program.interface,
-                    result: run.result,
-                    subresults: run.subresults,
-                    duration: run.duration,
-                    stdout: run.stdout,
-                    stderr: run.stderr,
-                });
+                self.send(run.finished(id, program.interface));
                 self.done(k, p);
                 (lost || fresh).then_some(())
             }
@@ -839,15 +831,7 @@ impl Worker<'_, '_> {
                     slot: self.slot,
                 });
             }
-            self.send(RunEvent::CaseFinished {
-                id: id(case),
-                interface: program.interface,
-                result: run.result,
-                subresults: run.subresults,
-                duration: run.duration,
-                stdout: run.stdout,
-                stderr: run.stderr,
-            });
+            self.send(run.finished(id(case), program.interface));
         }
         lost
     }

@@ -181,15 +181,7 @@ pub fn debug(
         }
     };
     let good = run.result.kind == lab_model::ResultType::Passed;
-    on_event(&RunEvent::CaseFinished {
-        id,
-        interface: program.interface,
-        result: run.result,
-        subresults: run.subresults,
-        duration: run.duration,
-        stdout: run.stdout,
-        stderr: run.stderr,
-    });
+    on_event(&run.finished(id, program.interface));
     if let Some(VmError::Failed { .. }) = lost {
         guest.shutdown();
         return Ok(None);

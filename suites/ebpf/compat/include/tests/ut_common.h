@@ -8,38 +8,12 @@
 #ifndef COMPAT_TESTS_UT_COMMON_H
 #define COMPAT_TESTS_UT_COMMON_H
 
-#include <tests/result.h>
+#include <tests/check.h>
 
 #define PKTGEN(progtype, name) __section(progtype "/test/" name "/pktgen")
 #define JUMP(progtype, name) __section(progtype "/test/" name "/jump")
 #define CHECK(progtype, name) __section(progtype "/test/" name "/check")
 
-#define test_init()                                                              \
-	__u32 __result_key = 0;                                                  \
-	__u8 *__result = map_lookup_elem(&suite_result_map, &__result_key);      \
-	__u32 __result_off = 0;                                                  \
-	__u8 __suite_status = TEST_PASS;                                         \
-	if (!__result)                                                           \
-		return TEST_ERROR
 
-#define TEST(NAME, BODY)                                                         \
-	do {                                                                     \
-		__u8 __test_status = TEST_PASS;                                  \
-		do {                                                             \
-			BODY                                                     \
-		} while (0);                                                     \
-		__result_off = result_put(__result, __result_off, NAME,          \
-					  sizeof(NAME) - 1, __test_status);      \
-		if (__test_status == TEST_FAIL)                                  \
-			__suite_status = TEST_FAIL;                              \
-	} while (0)
-
-#define test_fail()                                                              \
-	{                                                                        \
-		__test_status = TEST_FAIL;                                       \
-		break;                                                           \
-	}
-
-#define test_finish() return __suite_status
 
 #endif
