@@ -150,7 +150,7 @@ struct WorkDir {
 }
 
 impl WorkDir {
-    /// Creates the job's `cwd` (parents as needed) with mode 0700, owned by the job's user.
+    /// Creates the job's `cwd` (parents as needed) with mode 0755, owned by the job's user.
     /// It must not exist yet: what is removed afterwards is only what was created here.
     fn create(job: &Job) -> io::Result<Option<Self>> {
         if !job.workdir {
@@ -173,15 +173,17 @@ impl WorkDir {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(named)?;
         }
+        // 0755, as Kyua creates its work directories: a case that drops privileges must still
+        // enter its own directory and the tree above it.
         fs::DirBuilder::new()
-            .mode(0o700)
+            .mode(0o755)
             .create(path)
             .map_err(named)?;
         let dir = Self {
             path: Some(path.to_path_buf()),
         };
         // The umask may have taken bits away; the mode is exact, then the owner is the job's.
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(named)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(named)?;
         if let Some((uid, gid)) = job.user {
             std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(named)?;
         }
@@ -522,7 +524,7 @@ mod tests {
     }
 
     #[test]
-    fn work_directories_are_fresh_private_and_removed() {
+    fn work_directories_are_fresh_kyuas_mode_and_removed() {
         let base = std::env::temp_dir().join(format!("guest-init-test-{}", std::process::id()));
         let cwd = base.join("a/work");
         let job = Job {
@@ -533,7 +535,7 @@ mod tests {
         let dir = WorkDir::create(&job).unwrap().unwrap();
         let meta = fs::metadata(&cwd).unwrap();
         assert!(meta.is_dir());
-        assert_eq!(meta.permissions().mode() & 0o7777, 0o700);
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
         fs::write(cwd.join("left-behind"), b"x").unwrap();
         // One that exists is refused, and left as it was.
         let again = WorkDir::create(&job).unwrap_err();

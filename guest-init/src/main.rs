@@ -103,11 +103,26 @@ fn main() {
     power_off();
 }
 
+/// The hostname from /etc/hostname (the image's says `lab`), as an init system sets it: tests
+/// that print `uname -n` see a name, not the kernel's `(none)`. A failure leaves the kernel's.
+fn set_hostname() {
+    let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let name = name.trim();
+    let name = if name.is_empty() || name.len() > 64 {
+        "lab"
+    } else {
+        name
+    };
+    let _ = sys::set_hostname(name);
+}
+
 fn run(channel: &mut Option<Sender>) -> Result<(), Failure> {
     let mount_notes = mounts::mount_all().map_err(|e| fail("mount", e))?;
     if !sys::fd_is_open(1) || !sys::fd_is_open(2) {
         sys::reopen_console().map_err(|e| fail("console", e))?;
     }
+    set_hostname();
+    let _ = sys::unlimit_core();
     let release = sys::kernel_release();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let mut module_notes = modules::load_all(&release);

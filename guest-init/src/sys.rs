@@ -210,6 +210,37 @@ pub fn setsid() -> io::Result<()> {
 }
 
 /// The kernel release (`uname -r`).
+/// Raises the soft core-size limit to the hard one, as Kyua does for every test it runs
+/// (`utils::unlimit_core_size`): the jobs PID 1 starts inherit it, so a test that wants a core
+/// dump gets one.
+pub fn unlimit_core() -> io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for the kernel to write.
+    if unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: `limit` is a valid rlimit for the kernel to read.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the system's hostname (the UTS namespace's).
+pub fn set_hostname(name: &str) -> io::Result<()> {
+    // SAFETY: `name` points to `len` valid bytes.
+    let ret = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())

@@ -34,6 +34,9 @@ echo "TAP version 14"
 echo "# kernel $(uname -r) on $(uname -m)"
 check "PID 1 is guest-init" sh -c '[ "$(cat /proc/1/comm)" = init ] && [ -x /init ]'
 check "running as root" sh -c '[ "$(id -u)" = 0 ]'
+check "the guest has a hostname (lab), not (none)" sh -c '[ "$(uname -n)" = lab ]'
+check "the core size limit raised to the hard one, as kyua does" sh -c '[ "$(ulimit -c)" = "$(ulimit -H -c)" ]'
+check "the work directory is 0755, as kyua's" sh -c '[ "$(stat -c %a .)" = 755 ]'
 check "proc mounted" mounted proc /proc
 check "sysfs mounted" mounted sysfs /sys
 check "devtmpfs mounted" mounted devtmpfs /dev

@@ -121,6 +121,33 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// The configuration a test program is given: `--var`s, and where `unprivileged_user` is
+    /// set (either spelling), both spellings, as Kyua passes it (`unprivileged-user` and
+    /// `unprivileged_user`).
+    fn test_config(&self) -> Vec<(String, String)> {
+        let mut config = self.opts.config.clone();
+        if let Some(user) = unprivileged_name(&self.opts.config) {
+            config.insert("unprivileged-user".into(), user.clone());
+            config.insert("unprivileged_user".into(), user);
+        }
+        config.into_iter().collect()
+    }
+
+    /// The user `required_user = 'unprivileged'` runs as: the configured `unprivileged_user`
+    /// (`nobody`, `root`, or a numeric `UID[:GID]`), else `nobody`.
+    fn unprivileged(&self) -> Result<(u32, u32), TestResult> {
+        match unprivileged_name(&self.opts.config) {
+            None => Ok(UNPRIVILEGED),
+            Some(name) => guest_user(&name).ok_or_else(|| {
+                TestResult::broken(format!(
+                    "unprivileged_user '{name}' is no user of the guest (nobody, root, or a \
+                     numeric UID[:GID])"
+                ))
+                .with_cause(Cause::Exec)
+            }),
+        }
+    }
+
     fn unique(&self) -> u64 {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
@@ -167,6 +194,26 @@ impl<'a> Context<'a> {
             )));
         }
         None
+    }
+}
+
+/// The configured unprivileged user's name, under either of Kyua's spellings.
+fn unprivileged_name(config: &std::collections::BTreeMap<String, String>) -> Option<String> {
+    config
+        .get("unprivileged_user")
+        .or_else(|| config.get("unprivileged-user"))
+        .cloned()
+}
+
+/// A user of the guest by name (its /etc/passwd has root and nobody) or number.
+fn guest_user(name: &str) -> Option<(u32, u32)> {
+    match name {
+        "nobody" => Some(UNPRIVILEGED),
+        "root" => Some((0, 0)),
+        _ => {
+            let (uid, gid) = name.split_once(':').unwrap_or((name, name));
+            Some((uid.parse().ok()?, gid.parse().ok()?))
+        }
     }
 }
 
@@ -386,7 +433,10 @@ pub(crate) fn run_bpf_batch(
     };
     let md = &program.metadata;
     let user = match md.required_user {
-        RequiredUser::Unprivileged => Some(UNPRIVILEGED),
+        RequiredUser::Unprivileged => match ctx.unprivileged() {
+            Ok(user) => Some(user),
+            Err(broken) => return Ok(all(broken)),
+        },
         RequiredUser::Root | RequiredUser::Any => None,
     };
     match guest_requirements(guest, first, user) {
@@ -518,7 +568,10 @@ pub(crate) fn run_case(
     let fail = |e| Box::new((CaseRun::empty(TestResult::broken("not run")), e));
     let md = &case.metadata;
     let user = match md.required_user {
-        RequiredUser::Unprivileged => Some(UNPRIVILEGED),
+        RequiredUser::Unprivileged => match ctx.unprivileged() {
+            Ok(user) => Some(user),
+            Err(broken) => return Ok(CaseRun::empty(broken)),
+        },
         RequiredUser::Root | RequiredUser::Any => None,
     };
     if let Some(skip) = guest_requirements(guest, case, user).map_err(fail)? {
@@ -535,8 +588,7 @@ pub(crate) fn run_case(
         if matches!(program.interface, Interface::Plain | Interface::Tap) {
             // Kyua hands plain and tap programs the configuration as TEST_ENV_ variables.
             job.env.extend(
-                ctx.opts
-                    .config
+                ctx.test_config()
                     .iter()
                     .map(|(k, v)| format!("TEST_ENV_{k}={v}")),
             );
@@ -553,7 +605,7 @@ pub(crate) fn run_case(
         let owner = user
             .map(|(u, g)| format!(" && chown {u}:{g} {workdir}"))
             .unwrap_or_default();
-        setup(guest, &format!("mkdir -p -m 0700 {workdir}{owner}")).map_err(fail)?;
+        setup(guest, &format!("mkdir -p -m 0755 {workdir}{owner}")).map_err(fail)?;
     }
 
     let mut captured = Captured::default();
@@ -563,12 +615,7 @@ pub(crate) fn run_case(
     };
     let guest_program = ctx.guest_path(program);
     let srcdir = ctx.srcdir(program);
-    let config: Vec<(String, String)> = ctx
-        .opts
-        .config
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let config = ctx.test_config();
 
     let outcome = match program.interface {
         Interface::Atf => {
@@ -707,6 +754,9 @@ fn isolation(guest_program: &str, case: &TestCase) -> Option<lab_proto::Isolatio
 /// Kyua's isolation of a test's environment: HOME and TMPDIR in the work directory, TZ=UTC,
 /// the locale cleared (guest-init's base environment has none).
 fn base_env(interface: Interface, workdir: &str) -> Vec<String> {
+    // Kyua's prepare_environment: HOME and TMPDIR the work directory, TZ=UTC, and LANG and the
+    // LC_* variables unset. The guest's base environment has LANG=C.UTF-8; LANG=C gives the
+    // locale an unset LANG gives.
     let mut env = vec![
         format!("HOME={workdir}"),
         format!("TMPDIR={workdir}"),
@@ -897,6 +947,55 @@ impl Captured {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unprivileged_user_is_configured_as_kyuas() {
+        assert_eq!(guest_user("nobody"), Some((65534, 65534)));
+        assert_eq!(guest_user("root"), Some((0, 0)));
+        assert_eq!(guest_user("1000"), Some((1000, 1000)));
+        assert_eq!(guest_user("1000:100"), Some((1000, 100)));
+        assert_eq!(guest_user("alice"), None);
+        let plan = Plan {
+            kernels: vec![],
+            programs: vec![],
+            filters: vec![],
+            unbuilt: vec![],
+        };
+        let with = |vars: &[(&str, &str)]| Options {
+            jobs: 1,
+            config: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            live_output: false,
+            vm_memory: 0,
+        };
+        let opts = with(&[("unprivileged_user", "1000"), ("x", "1")]);
+        let ctx = Context::new(&plan, &opts);
+        // Both spellings reach the test, as Kyua passes them.
+        assert_eq!(
+            ctx.test_config(),
+            [
+                ("unprivileged-user".to_string(), "1000".to_string()),
+                ("unprivileged_user".to_string(), "1000".to_string()),
+                ("x".to_string(), "1".to_string())
+            ]
+        );
+        assert_eq!(ctx.unprivileged().ok(), Some((1000, 1000)));
+        let opts = with(&[]);
+        let ctx = Context::new(&plan, &opts);
+        assert!(ctx.test_config().is_empty());
+        assert_eq!(ctx.unprivileged().ok(), Some(UNPRIVILEGED));
+        let opts = with(&[("unprivileged-user", "alice")]);
+        let ctx = Context::new(&plan, &opts);
+        let broken = ctx.unprivileged().unwrap_err();
+        assert!(
+            broken
+                .to_string()
+                .contains("'alice' is no user of the guest"),
+            "{broken}"
+        );
+    }
 
     #[test]
     fn jail_names_follow_kyua() {

@@ -22,7 +22,7 @@ pub struct Job {
     pub user: Option<(u32, u32)>,
     /// Run in a jail: a fresh set of namespaces for this exec alone (Kyua's jail execenv).
     pub isolation: Option<Isolation>,
-    /// `cwd` is the exec's own work directory: the agent creates it fresh (mode 0700, owned by
+    /// `cwd` is the exec's own work directory: the agent creates it fresh (mode 0755, owned by
     /// `user`) before the exec and removes it, recursively, once the process has exited.
     pub workdir: bool,
 }
