@@ -212,7 +212,7 @@ fn networks_work_directories_and_kills_on(kernel: &str) {
     assert_eq!(status, ExitStatus::Code(1));
     assert!(err.contains("Address already in use"), "{err}");
 
-    // A work directory: created fresh for the exec, owned by its user, mode 0700, gone after.
+    // A work directory: created fresh for the exec, owned by its user, mode 0755 (Kyua's), gone after.
     let workdir = Job {
         cwd: "/tmp/jobs/work-1".into(),
         workdir: true,
@@ -226,7 +226,7 @@ fn networks_work_directories_and_kills_on(kernel: &str) {
     )
     .unwrap();
     assert_eq!(status, ok);
-    assert_eq!(out, "/tmp/jobs/work-1\n700 65534 65534\n0\nwrote\n");
+    assert_eq!(out, "/tmp/jobs/work-1\n755 65534 65534\n0\nwrote\n");
     let (out, _, _) = sh(
         &mut vm,
         "test -e /tmp/jobs/work-1 && echo there || echo gone",
