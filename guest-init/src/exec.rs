@@ -273,6 +273,35 @@ pub fn run(
     Ok(status)
 }
 
+/// Why `program` could not be run, as one line. ENOENT for a file that exists means its
+/// interpreter is missing (the `#!` line's, or the dynamic loader); say which.
+pub(crate) fn cannot_run(program: &str, e: &io::Error) -> String {
+    if e.raw_os_error() == Some(libc::ENOENT) && Path::new(program).is_file() {
+        if let Some(interpreter) = shebang(Path::new(program)) {
+            return format!(
+                "lab: cannot run {program}: its interpreter {interpreter} (its #! line) is not \
+                 in the guest"
+            );
+        }
+        return format!(
+            "lab: cannot run {program}: {e} (the file exists: its dynamic loader or \
+             interpreter is not in the guest)"
+        );
+    }
+    format!("lab: cannot run {program}: {e}")
+}
+
+/// The interpreter a script's `#!` line names, if it has one (the first 256 bytes read).
+fn shebang(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = File::open(path).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let text = String::from_utf8_lossy(line);
+    text.split_whitespace().next().map(str::to_string)
+}
+
 /// Starts `job` as a plain process in its own session, through std.
 fn spawn_plain(job: &Job, env: &[(String, String)], reaper: &Reaper) -> io::Result<Spawn> {
     let mut cmd = Command::new(&job.argv[0]);
@@ -304,7 +333,7 @@ fn spawn_plain(job: &Job, env: &[(String, String)], reaper: &Reaper) -> io::Resu
                 126
             };
             return Ok(Spawn::NotRun {
-                line: format!("lab: cannot run {}: {e}", job.argv[0]),
+                line: cannot_run(&job.argv[0], &e),
                 code,
             });
         }
@@ -521,6 +550,31 @@ mod tests {
             .to_string()
             .contains("without a UTS namespace"));
         assert!(jail_of(&with(NS_UTS, &"h".repeat(MAX_HOSTNAME + 1))).is_err());
+    }
+
+    #[test]
+    fn a_missing_interpreter_is_named() {
+        let dir = std::env::temp_dir().join(format!("guest-init-shebang-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("t.sh");
+        fs::write(&script, "#!/usr/bin/no-such-shell -e\necho hi\n").unwrap();
+        let enoent = io::Error::from_raw_os_error(libc::ENOENT);
+        let path = script.display().to_string();
+        assert_eq!(
+            cannot_run(&path, &enoent),
+            format!(
+                "lab: cannot run {path}: its interpreter /usr/bin/no-such-shell (its #! line) is \
+                 not in the guest"
+            )
+        );
+        fs::write(&script, b"\x7fELF").unwrap();
+        assert!(cannot_run(&path, &enoent).contains("its dynamic loader or interpreter"));
+        let gone = dir.join("gone").display().to_string();
+        assert_eq!(
+            cannot_run(&gone, &enoent),
+            format!("lab: cannot run {gone}: {enoent}")
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -285,7 +285,7 @@ pub fn spawn(
             let err = io::Error::from_raw_os_error(errno);
             let (line, code) = match step {
                 Some(Step::Exec) => (
-                    format!("lab: cannot run {}: {err}", job.argv[0]),
+                    crate::exec::cannot_run(&job.argv[0], &err),
                     if errno == libc::ENOENT { 127 } else { 126 },
                 ),
                 Some(step) => (format!("lab: jail: {}: {err}", step.describe()), 126),

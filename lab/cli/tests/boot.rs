@@ -70,6 +70,23 @@ fn exit_codes_signals_streams_and_users_on(kernel: &str) {
         "{}",
         stderr(&out)
     );
+    // A script whose interpreter the guest lacks: named, not "No such file or directory".
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("py.sh");
+    std::fs::write(&script, "#!/usr/bin/python9 -u\nprint(1)\n").unwrap();
+    std::process::Command::new("chmod")
+        .arg("755")
+        .arg(&script)
+        .status()
+        .unwrap();
+    let put = format!("{}:/tmp/py.sh", script.display());
+    let out = s.run(&["boot", "-k", kernel, "--put", &put, "--", "/tmp/py.sh"]);
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("its interpreter /usr/bin/python9 (its #! line) is not in the guest"),
+        "{}",
+        stderr(&out)
+    );
     let out = s.run(&[
         "boot",
         "-k",
