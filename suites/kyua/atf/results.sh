@@ -59,7 +59,9 @@ expect_death_body() {
 atf_test_case expect_timeout
 expect_timeout_head() {
     atf_set descr "running past the timeout after atf_expect_timeout gives expected_failure"
-    atf_set timeout 2
+    # Long enough for atf-sh to reach atf_expect_timeout in an emulated guest on a busy host
+    # (2 s was not, once); the body sleeps far past it.
+    atf_set timeout 8
 }
 expect_timeout_body() {
     atf_expect_timeout "sleeps past its timeout"
