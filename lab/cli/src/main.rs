@@ -192,6 +192,10 @@ pub struct VmArgs {
     /// Boot attempts when the agent does not come up in time.
     #[arg(long, default_value_t = 2)]
     boot_attempts: u32,
+    /// Seconds the guest agent may stay silent (it beats every 2 s) before its VM counts as
+    /// lost; raise it where guests run very slowly (nested in an emulated guest).
+    #[arg(long, env = "LAB_AGENT_SILENCE", default_value_t = lab_engine::session::AGENT_SILENCE.as_secs())]
+    agent_silence: u64,
     /// Seconds the KVM probe of `--backend auto`/`--accel auto` gives a kernel to boot under
     /// KVM (nested hosts boot slowly); a negative verdict made with a shorter deadline, or
     /// older than a day, is probed again.
@@ -279,7 +283,7 @@ impl VmArgs {
                 .collect(),
             keep_workdir: self.keep_workdir,
             nested: self.nested,
-            ..BootOptions::default()
+            agent_silence: Duration::from_secs(self.agent_silence.max(1)),
         }
     }
 }
