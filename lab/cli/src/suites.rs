@@ -1,12 +1,13 @@
 //! `lab test`, `lab list` and `lab debug`: Kyuafile suites run in VMs by the engine's
 //! scheduler, its events fed to the reporters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use lab_engine::cancel::Cancel;
+use lab_engine::config::UserConfig;
 use lab_engine::launcher::VmLauncher;
 use lab_engine::scheduler::{self, Options, Plan};
 use lab_engine::suite::kyuafile;
@@ -40,6 +41,17 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// Whether the run is of the bundled suites: no suite or object named.
+    fn bundled(&self) -> bool {
+        let (_, bare, _) = self.split();
+        self.kyuafiles.is_empty()
+            && bare.is_empty()
+            && !self.args.iter().any(|a| {
+                let p = Path::new(a);
+                p.is_dir() || p.file_name().is_some_and(|f| f == "Kyuafile") && p.is_file()
+            })
+    }
+
     /// The suites to load, bare BPF objects or sources to run as programs of their own, and
     /// the filters.
     fn split(&self) -> (Vec<PathBuf>, Vec<PathBuf>, Vec<String>) {
@@ -113,9 +125,8 @@ pub struct TestArgs {
     /// VM slots: how many VMs run test cases at once (default: the host's cores).
     #[arg(short, long)]
     jobs: Option<usize>,
-    /// A configuration variable for the tests (`required_configs`, atf's -v): NAME=VALUE.
-    #[arg(long = "var", value_name = "NAME=VALUE")]
-    vars: Vec<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// What goes to stdout.
     #[arg(long, value_enum, default_value_t = Format::Tap)]
     format: Format,
@@ -128,15 +139,48 @@ pub struct TestArgs {
     vm: VmArgs,
 }
 
-fn parse_vars(vars: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
-    vars.iter()
-        .map(|v| {
-            v.split_once('=')
-                .filter(|(k, _)| !k.is_empty())
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| BadInput(format!("bad --var '{v}': expected NAME=VALUE")).into())
-        })
-        .collect()
+/// The run's configuration, as kyua takes it.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// Kyua's configuration file (`syntax(2)`, `unprivileged_user = 'nobody'`,
+    /// `test_suites.SUITE.NAME = 'value'`), or `none`. Default: kyua's (~/.kyua/kyua.conf,
+    /// else /etc/kyua/kyua.conf), or suites/kyua.conf for the bundled suites.
+    #[arg(long = "config", value_name = "FILE|none")]
+    file: Option<PathBuf>,
+    /// A configuration variable, as kyua's -v: `test_suites.SUITE.NAME=VALUE` (what a suite's
+    /// programs get and `required_configs` checks) or `unprivileged_user=USER`. Overrides the
+    /// file.
+    #[arg(long = "variable", visible_alias = "var", value_name = "KEY=VALUE")]
+    variables: Vec<String>,
+}
+
+impl ConfigArgs {
+    /// The file, then the variables; `bundled`: the run is of the bundled suites.
+    fn resolve(&self, ui: &Ui, bundled: bool) -> anyhow::Result<UserConfig> {
+        let file = match &self.file {
+            Some(f) if f.as_os_str() == "none" => None,
+            Some(f) => Some(f.clone()),
+            None if bundled => Some(crate::suites_dir().join("kyua.conf")).filter(|f| f.is_file()),
+            None => UserConfig::default_file(),
+        };
+        let mut config = match &file {
+            Some(f) => UserConfig::load(f).map_err(|e| BadInput(e.to_string()))?,
+            None => UserConfig::default(),
+        };
+        for v in &self.variables {
+            if let Some(warning) = config.set(v).map_err(|e| BadInput(e.to_string()))? {
+                ui.warn(&warning);
+            }
+        }
+        if ui.verbose() {
+            let from = file.map_or("no file".into(), |f| f.display().to_string());
+            ui.progress(&format!(
+                "configuration from {from}: {}",
+                config.lines().join(", ")
+            ));
+        }
+        Ok(config)
+    }
 }
 
 /// `vm`, with nested virtualization turned on when a program runs KVM itself
@@ -292,7 +336,7 @@ fn default_jobs() -> usize {
 
 pub fn test(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
     let (mut programs, filters) = args.select.load()?;
-    let config = parse_vars(&args.vars)?;
+    let config = args.config.resolve(ui, args.select.bundled())?;
     if let Some(path) = &args.junit {
         // Found out now, not after the run: the results must have somewhere to go.
         let dir = match path.parent() {
@@ -324,7 +368,11 @@ pub fn test(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
         unbuilt,
     };
     let opts = Options {
-        jobs: args.jobs.unwrap_or_else(default_jobs).max(1),
+        jobs: args
+            .jobs
+            .or(config.parallelism)
+            .unwrap_or_else(default_jobs)
+            .max(1),
         config,
         live_output: false,
         vm_memory: u64::from(args.vm.memory) << 20,
@@ -464,9 +512,8 @@ pub struct DebugArgs {
     /// Kyuafiles or directories holding one (default: the bundled suites).
     #[arg(long = "kyuafile", value_name = "PATH")]
     kyuafiles: Vec<PathBuf>,
-    /// A configuration variable for the test: NAME=VALUE.
-    #[arg(long = "var", value_name = "NAME=VALUE")]
-    vars: Vec<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// When the case does not pass, keep its VM up and run shell commands read from stdin in
     /// it (one per line) until end of input.
     #[arg(long)]
@@ -490,7 +537,7 @@ pub fn debug(ui: &Ui, cancel: &Cancel, args: DebugArgs) -> anyhow::Result<u8> {
     if !programs.iter().any(|p| p.path == program) {
         return Err(BadInput(format!("no test program '{program}' in the suites")).into());
     }
-    let config = parse_vars(&args.vars)?;
+    let config = args.config.resolve(ui, args.kyuafiles.is_empty())?;
     let vm = vm_for(&args.vm, &programs);
     let mut lab = open_test_lab(&vm)?;
     let unbuilt = build_programs(&lab, &mut programs)?;

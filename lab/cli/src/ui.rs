@@ -56,6 +56,11 @@ impl Ui {
         }
     }
 
+    /// A warning on stderr (also when quiet: it is about the user's input).
+    pub fn warn(&self, line: &str) {
+        eprintln!("lab: warning: {line}");
+    }
+
     /// The error, its causes, and a VM's console tail.
     pub fn error(&self, err: &anyhow::Error) {
         let mut text = format!("lab: error: {err}");

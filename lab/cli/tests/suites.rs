@@ -28,8 +28,11 @@ fn the_kyua_suites_pass_on_two_kernels_as_expected() {
     let tree = suites().join("kyua");
     let reports = tempfile::tempdir().unwrap();
     let junit = reports.path().join("junit.xml");
+    let config = suites().join("kyua.conf");
     let out = s.run(&[
         "test",
+        "--config",
+        &config.display().to_string(),
         &tree.display().to_string(),
         "-k",
         "debian-6.1,lab-6.1",
@@ -115,7 +118,16 @@ fn verdicts_equal_debian_kyua_on_the_host_case_by_case() {
         assert!(kyua.len() >= 10, "kyua ran too little: {kyua:?}");
 
         let s = Scratch::new();
-        let out = s.run(&["test", &tree.display().to_string(), "--format", "json"]);
+        // The configuration kyua-reference gives kyua.
+        let config = suites().join("kyua.conf");
+        let out = s.run(&[
+            "test",
+            "--config",
+            &config.display().to_string(),
+            &tree.display().to_string(),
+            "--format",
+            "json",
+        ]);
         let lab = verdicts(&stdout(&out));
         let mut differ = Vec::new();
         for (case, result) in &kyua {

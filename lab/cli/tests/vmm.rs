@@ -106,8 +106,11 @@ fn lab_test_runs_unchanged_on_the_lab_vmm() {
     }
     let s = Scratch::new();
     let tree = suites().join("kyua");
+    let config = suites().join("kyua.conf");
     let out = s.run(&[
         "test",
+        "--config",
+        &config.display().to_string(),
         "--backend",
         "kvm",
         &tree.display().to_string(),

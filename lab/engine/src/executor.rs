@@ -121,24 +121,23 @@ impl<'a> Context<'a> {
         }
     }
 
-    /// The configuration a test program is given: `--var`s, and where `unprivileged_user` is
-    /// set (either spelling), both spellings, as Kyua passes it (`unprivileged-user` and
-    /// `unprivileged_user`).
-    fn test_config(&self) -> Vec<(String, String)> {
-        let mut config = self.opts.config.clone();
-        if let Some(user) = unprivileged_name(&self.opts.config) {
-            config.insert("unprivileged-user".into(), user.clone());
-            config.insert("unprivileged_user".into(), user);
-        }
-        config.into_iter().collect()
+    /// The configuration a test program is given: its test suite's variables, and the
+    /// `unprivileged_user` under both of Kyua's spellings where set (Kyua's `generate_config`).
+    fn test_config(&self, program: &TestProgram) -> Vec<(String, String)> {
+        self.opts
+            .config
+            .program_vars(&program.test_suite)
+            .into_iter()
+            .collect()
     }
 
     /// The user `required_user = 'unprivileged'` runs as: the configured `unprivileged_user`
-    /// (`nobody`, `root`, or a numeric `UID[:GID]`), else `nobody`.
+    /// (`nobody`, `root`, or a numeric `UID[:GID]`). Unset, such cases were skipped by
+    /// [`Context::host_requirements`]; `nobody` stands in.
     fn unprivileged(&self) -> Result<(u32, u32), TestResult> {
-        match unprivileged_name(&self.opts.config) {
+        match &self.opts.config.unprivileged_user {
             None => Ok(UNPRIVILEGED),
-            Some(name) => guest_user(&name).ok_or_else(|| {
+            Some(name) => guest_user(name).ok_or_else(|| {
                 TestResult::broken(format!(
                     "unprivileged_user '{name}' is no user of the guest (nobody, root, or a \
                      numeric UID[:GID])"
@@ -152,40 +151,54 @@ impl<'a> Context<'a> {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The requirements the host can decide (configuration, architecture, platform, memory);
-    /// `Some(skipped)` when one is not met. Kyua's order and wording.
+    /// The requirements the host can decide (configuration, architecture, platform, user,
+    /// memory); `Some(skipped)` when one is not met. Kyua's order and wording.
     pub(crate) fn host_requirements(
         &self,
-        _program: &TestProgram,
+        program: &TestProgram,
         case: &TestCase,
     ) -> Option<TestResult> {
         let md = &case.metadata;
-        for config in &md.required_configs {
-            let known = self.opts.config.contains_key(config)
-                || (config == "unprivileged-user" || config == "unprivileged_user");
-            if !known {
+        let config = &self.opts.config;
+        for name in &md.required_configs {
+            if !config.is_defined(&program.test_suite, name) {
                 return Some(requirement(format!(
-                    "Required configuration property '{config}' not defined"
+                    "Required configuration property '{name}' not defined"
                 )));
             }
         }
+        let architecture = config.architecture.as_deref();
+        let architectures = architecture.map_or(ARCHITECTURES.to_vec(), |a| vec![a]);
         if !md.allowed_architectures.is_empty()
-            && !ARCHITECTURES
+            && !architectures
                 .iter()
                 .any(|a| md.allowed_architectures.contains(*a))
         {
             return Some(requirement(format!(
                 "Current architecture '{}' not supported",
-                ARCHITECTURES[0]
+                architectures[0]
             )));
         }
+        let platforms = config
+            .platform
+            .as_deref()
+            .map_or(PLATFORMS.to_vec(), |p| vec![p]);
         if !md.allowed_platforms.is_empty()
-            && !PLATFORMS.iter().any(|p| md.allowed_platforms.contains(*p))
+            && !platforms.iter().any(|p| md.allowed_platforms.contains(*p))
         {
             return Some(requirement(format!(
                 "Current platform '{}' not supported",
-                PLATFORMS[0]
+                platforms[0]
             )));
+        }
+        // The guest runs cases as root: Kyua run as root skips these without a user to run
+        // them as.
+        if md.required_user == RequiredUser::Unprivileged && config.unprivileged_user.is_none() {
+            return Some(requirement(
+                "Requires an unprivileged user but the unprivileged-user configuration \
+                 variable is not defined"
+                    .to_string(),
+            ));
         }
         if md.required_memory > 0 && md.required_memory > self.opts.vm_memory {
             return Some(requirement(format!(
@@ -195,14 +208,6 @@ impl<'a> Context<'a> {
         }
         None
     }
-}
-
-/// The configured unprivileged user's name, under either of Kyua's spellings.
-fn unprivileged_name(config: &std::collections::BTreeMap<String, String>) -> Option<String> {
-    config
-        .get("unprivileged_user")
-        .or_else(|| config.get("unprivileged-user"))
-        .cloned()
 }
 
 /// A user of the guest by name (its /etc/passwd has root and nobody) or number.
@@ -588,7 +593,7 @@ pub(crate) fn run_case(
         if matches!(program.interface, Interface::Plain | Interface::Tap) {
             // Kyua hands plain and tap programs the configuration as TEST_ENV_ variables.
             job.env.extend(
-                ctx.test_config()
+                ctx.test_config(program)
                     .iter()
                     .map(|(k, v)| format!("TEST_ENV_{k}={v}")),
             );
@@ -615,7 +620,7 @@ pub(crate) fn run_case(
     };
     let guest_program = ctx.guest_path(program);
     let srcdir = ctx.srcdir(program);
-    let config = ctx.test_config();
+    let config = ctx.test_config(program);
 
     let outcome = match program.interface {
         Interface::Atf => {
@@ -961,20 +966,43 @@ mod tests {
             filters: vec![],
             unbuilt: vec![],
         };
-        let with = |vars: &[(&str, &str)]| Options {
-            jobs: 1,
-            config: vars
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            live_output: false,
-            vm_memory: 0,
+        let with = |vars: &[&str]| {
+            let mut config = crate::config::UserConfig::default();
+            for v in vars {
+                config.set(v).unwrap();
+            }
+            Options {
+                jobs: 1,
+                config,
+                live_output: false,
+                vm_memory: 0,
+            }
         };
-        let opts = with(&[("unprivileged_user", "1000"), ("x", "1")]);
+        let program = |suite: &str| {
+            TestProgram::new(
+                Interface::Plain,
+                std::path::Path::new("/s"),
+                "p",
+                suite,
+                lab_model::Metadata::default(),
+            )
+        };
+        let unprivileged = || TestCase {
+            name: "main".into(),
+            metadata: lab_model::Metadata {
+                required_user: RequiredUser::Unprivileged,
+                ..Default::default()
+            },
+        };
+        let opts = with(&[
+            "unprivileged_user=1000",
+            "test_suites.s.x=1",
+            "test_suites.t.y=2",
+        ]);
         let ctx = Context::new(&plan, &opts);
-        // Both spellings reach the test, as Kyua passes them.
+        // Both spellings reach the test, as Kyua passes them, with its own suite's variables.
         assert_eq!(
-            ctx.test_config(),
+            ctx.test_config(&program("s")),
             [
                 ("unprivileged-user".to_string(), "1000".to_string()),
                 ("unprivileged_user".to_string(), "1000".to_string()),
@@ -982,18 +1010,21 @@ mod tests {
             ]
         );
         assert_eq!(ctx.unprivileged().ok(), Some((1000, 1000)));
+        assert_eq!(ctx.host_requirements(&program("s"), &unprivileged()), None);
+
+        // Unset, a case that needs the user is skipped with Kyua's words.
         let opts = with(&[]);
         let ctx = Context::new(&plan, &opts);
-        assert!(ctx.test_config().is_empty());
-        assert_eq!(ctx.unprivileged().ok(), Some(UNPRIVILEGED));
-        let opts = with(&[("unprivileged-user", "alice")]);
-        let ctx = Context::new(&plan, &opts);
-        let broken = ctx.unprivileged().unwrap_err();
+        assert!(ctx.test_config(&program("s")).is_empty());
+        let skip = ctx
+            .host_requirements(&program("s"), &unprivileged())
+            .unwrap();
         assert!(
-            broken
-                .to_string()
-                .contains("'alice' is no user of the guest"),
-            "{broken}"
+            skip.to_string().contains(
+                "Requires an unprivileged user but the unprivileged-user configuration variable \
+                 is not defined"
+            ),
+            "{skip}"
         );
     }
 

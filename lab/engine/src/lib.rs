@@ -5,6 +5,7 @@
 pub mod accel;
 pub mod cancel;
 pub mod carry;
+pub mod config;
 pub mod console;
 pub(crate) mod executor;
 pub mod guest;

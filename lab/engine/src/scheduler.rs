@@ -10,7 +10,7 @@
 //! VMs are reached only through [`Launcher`] and [`Guest`], so the scheduler is tested with
 //! fakes (below) and runs real VMs through `crate::launcher`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -53,8 +53,9 @@ pub fn unmatched_filters<'f>(programs: &[TestProgram], filters: &'f [String]) ->
 pub struct Options {
     /// VM slots (at least 1).
     pub jobs: usize,
-    /// Configuration variables (`-v name=value`): `required_configs` and atf's `-v`.
-    pub config: BTreeMap<String, String>,
+    /// The user's configuration (Kyua's): what programs are given, what `required_configs`
+    /// and `required_user` are checked against.
+    pub config: crate::config::UserConfig,
     /// Emit [`RunEvent::CaseOutput`] as output arrives.
     pub live_output: bool,
     /// Each VM's memory in bytes (for `required_memory`).

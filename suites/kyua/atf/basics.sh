@@ -73,6 +73,18 @@ config_default_body() {
     fi
 }
 
+atf_test_case config_set
+config_set_head() {
+    atf_set descr "a variable of the test suite (test_suites.lab.lab_greeting) reaches the case"
+    atf_set require.config lab_greeting
+}
+config_set_body() {
+    atf_check_equal hello "$(atf_config_get lab_greeting)"
+    # Kyua passes only the program's own suite's variables, and the user as atf spells it (0.14.1
+    # adds unprivileged_user; lab passes both).
+    atf_check_equal nobody "$(atf_config_get unprivileged-user)"
+}
+
 atf_init_test_cases() {
     atf_add_test_case check_output
     atf_add_test_case srcdir_data
@@ -80,4 +92,5 @@ atf_init_test_cases() {
     atf_add_test_case quick_with_timeout
     atf_add_test_case custom_property
     atf_add_test_case config_default
+    atf_add_test_case config_set
 }

@@ -1,8 +1,6 @@
 //! One VM, no slots: listing a suite's programs (`lab list`) and running one case with its
 //! output live (`lab debug`).
 
-use std::collections::BTreeMap;
-
 use lab_model::{CaseId, Cause, RunEvent, TestCase, TestProgram, TestResult, LIST_CASE, MAIN_CASE};
 use lab_proto::Stream;
 
@@ -21,7 +19,7 @@ pub fn list(
 ) -> Result<Vec<(TestProgram, Result<Vec<TestCase>, TestResult>)>, VmError> {
     let opts = Options {
         jobs: 1,
-        config: BTreeMap::new(),
+        config: crate::config::UserConfig::default(),
         live_output: false,
         vm_memory: 0,
     };

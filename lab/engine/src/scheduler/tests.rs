@@ -160,7 +160,7 @@ fn suite(dir: &Path, names: &[(&str, Interface)]) -> Vec<TestProgram> {
 fn opts(jobs: usize) -> Options {
     Options {
         jobs,
-        config: BTreeMap::new(),
+        config: crate::config::UserConfig::default(),
         live_output: false,
         vm_memory: 512 << 20,
     }

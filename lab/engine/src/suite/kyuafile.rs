@@ -927,7 +927,7 @@ fn fail(lua: &Lua, message: impl Display) -> mlua::Error {
 }
 
 /// `message` prefixed with `FILE:LINE: ` of the innermost Lua code running, if any.
-fn at(lua: &Lua, message: impl Display) -> String {
+pub(crate) fn at(lua: &Lua, message: impl Display) -> String {
     for level in 0.. {
         let Some(found) = lua.inspect_stack(level, |d| {
             let line = d.current_line()?;
@@ -949,7 +949,7 @@ fn at(lua: &Lua, message: impl Display) -> String {
 }
 
 /// Undoes Lua's truncation of long chunk names (60 bytes) at the start of its own messages.
-fn full_chunk_name(display: &str, message: &str) -> String {
+pub(crate) fn full_chunk_name(display: &str, message: &str) -> String {
     const ID_SIZE: usize = 60;
     if display.len() < ID_SIZE {
         return message.to_string();
