@@ -17,6 +17,7 @@ mod modprobe;
 mod modules;
 mod mounts;
 mod reaper;
+mod root;
 mod sys;
 
 use std::io::Write;
@@ -129,6 +130,11 @@ fn run(channel: &mut Option<Sender>) -> Result<(), Failure> {
     if param(&cmdline, "lab.nested").as_deref() == Some("1") {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         module_notes.extend(modules::load_nested(&release, &cpuinfo));
+    }
+    if let Some(spec) = param(&cmdline, "lab.root") {
+        let tag = root::tag_of(&spec).map_err(|e| fail("root", e))?;
+        root::enter(tag, &release).map_err(|e| fail("root", e))?;
+        module_notes.push(format!("jobs run in the shared root (virtio-fs tag {tag})"));
     }
     let reaper = reaper::Reaper::start().map_err(|e| fail("reaper", e))?;
     let spec = param(&cmdline, "lab.channel").unwrap_or(lab_proto::DEFAULT_CHANNEL.to_string());

@@ -17,7 +17,7 @@ use lab_engine::accel::AccelRequest;
 use lab_engine::cancel::Cancel;
 use lab_engine::kvm::{KvmBackend, VmmProgram};
 use lab_engine::lab::Lab;
-use lab_engine::qemu::{QemuBackend, VsockBackend};
+use lab_engine::qemu::{QemuBackend, SharedRootServer, VsockBackend};
 use lab_engine::session::BootOptions;
 use lab_engine::vm::{Accel, Backend, BackendError, BackendKind, MissingBackend};
 use lab_kernel::cache::Cache;
@@ -95,6 +95,56 @@ enum Command {
     /// The console is stdout; the last line on stderr says how the VM ended.
     #[command(name = "__vmm", hide = true)]
     Vmm(vmm::VmmArgs),
+    /// (internal) Serve a guest's shared root: a read-only view of SOURCE at VIEW, in a user
+    /// and mount namespace of its own, served by virtiofsd on SOCKET.
+    #[command(name = "__shared-root", hide = true)]
+    SharedRoot {
+        /// The host directory the guest sees.
+        #[arg(long)]
+        source: PathBuf,
+        /// An empty directory the view is mounted on.
+        #[arg(long)]
+        view: PathBuf,
+        /// The vhost-user socket QEMU connects to.
+        #[arg(long)]
+        socket: PathBuf,
+    },
+}
+
+/// The hidden `__shared-root` command: makes the read-only view, then becomes virtiofsd.
+/// Runs before any thread is started (entering a user namespace needs a single thread).
+fn shared_root(
+    source: &std::path::Path,
+    view: &std::path::Path,
+    socket: &std::path::Path,
+) -> anyhow::Result<u8> {
+    use std::os::unix::process::CommandExt;
+    let virtiofsd = lab_vmm::shared_root::find_virtiofsd().ok_or_else(|| {
+        anyhow::anyhow!(
+            "virtiofsd not found (Debian: apt-get install virtiofsd, or qemu-system-common's \
+             /usr/lib/qemu/virtiofsd; or set LAB_VIRTIOFSD)"
+        )
+    })?;
+    let help = std::process::Command::new(&virtiofsd)
+        .arg("--help")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+        })
+        .unwrap_or_default();
+    let rust = help.contains("--shared-dir");
+    lab_vmm::shared_root::make_view(source, view).map_err(|e| {
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        anyhow::anyhow!(
+            "cannot make a read-only view of {}: {e}: {}",
+            source.display(),
+            cause.unwrap_or_default()
+        )
+    })?;
+    let err = std::process::Command::new(&virtiofsd)
+        .args(lab_vmm::shared_root::virtiofsd_args(rust, socket, view))
+        .exec();
+    Err(anyhow::anyhow!("cannot run {}: {err}", virtiofsd.display()))
 }
 
 /// The hidden `__vsock-backend` command: binds both sockets, says so, and serves until QEMU
@@ -239,9 +289,25 @@ pub struct VmArgs {
         value_delimiter = ','
     )]
     with_lab: Option<Vec<String>>,
+    /// The root the guest's jobs run in: `initramfs` (lab's own small userland, hermetic),
+    /// `host` (this machine's root filesystem, read-only, under a tmpfs overlay: test programs
+    /// find the libraries, data files and programs they were installed with, at their own
+    /// paths, and nothing is copied into the guest), or a directory (a rootfs tree) shown the
+    /// same way. Served by virtiofsd on the QEMU backend.
+    #[arg(long, value_name = "initramfs|host|DIR", default_value = "initramfs")]
+    root: String,
 }
 
 impl VmArgs {
+    /// The host directory the guest's root shows, if not the initramfs.
+    pub fn shared_root(&self) -> Option<PathBuf> {
+        match self.root.as_str() {
+            "initramfs" | "" => None,
+            "host" => Some(PathBuf::from("/")),
+            dir => Some(std::fs::canonicalize(dir).unwrap_or_else(|_| PathBuf::from(dir))),
+        }
+    }
+
     /// What `prepare` asks of the accelerator choice: the lab's own VMM needs KVM.
     fn accel_request(&self) -> AccelRequest {
         match self.backend {
@@ -254,6 +320,8 @@ impl VmArgs {
     /// (the KVM probe boots the kernel in it), QEMU otherwise.
     fn backend_kind(&self, accel: Accel) -> BackendKind {
         match (self.backend, accel) {
+            // The shared root needs QEMU's virtio-fs device; a forced lab VMM says so.
+            (BackendArg::Auto, Accel::Kvm) if self.shared_root().is_some() => BackendKind::Qemu,
             (BackendArg::Kvm, _) | (BackendArg::Auto, Accel::Kvm) => BackendKind::Vmm,
             _ => BackendKind::Qemu,
         }
@@ -284,9 +352,13 @@ impl VmArgs {
             keep_workdir: self.keep_workdir,
             nested: self.nested,
             agent_silence: Duration::from_secs(self.agent_silence.max(1)),
+            root: self.shared_root(),
         }
     }
 }
+
+/// The modules a guest mounts its shared root with (built in where the kernel has them so).
+const SHARED_ROOT_MODULES: &[&str] = &["virtiofs", "overlay"];
 
 /// What a lab is opened with: the agents' channel, the guests' extra packages and modules, and
 /// whether they run KVM themselves.
@@ -300,10 +372,15 @@ pub struct LabSetup {
 
 impl From<&VmArgs> for LabSetup {
     fn from(vm: &VmArgs) -> Self {
+        let mut modules = vm.module.clone();
+        if vm.shared_root().is_some() {
+            // What guest-init mounts a shared root with: virtio-fs, and overlayfs for writes.
+            modules.extend(SHARED_ROOT_MODULES.iter().map(|m| (*m).to_string()));
+        }
         Self {
             channel: vm.channel,
             guest_packages: vm.guest_package.clone(),
-            modules: vm.module.clone(),
+            modules,
             nested: vm.nested,
         }
     }
@@ -398,6 +475,11 @@ pub fn qemu_backend(channel: ChannelArg) -> anyhow::Result<Box<dyn Backend>> {
             args: vec!["__vsock-backend".into()],
         });
     }
+    // A guest's shared root is served by this program too, as a read-only view for virtiofsd.
+    backend = backend.with_shared_root(SharedRootServer {
+        program: std::env::current_exe()?,
+        args: vec!["__shared-root".into()],
+    });
     Ok(Box::new(backend))
 }
 
@@ -437,6 +519,21 @@ fn install_signals(cancel: Cancel) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::SharedRoot {
+        source,
+        view,
+        socket,
+    } = &cli.command
+    {
+        // Single-threaded still: no signal thread yet.
+        return match shared_root(source, view, socket) {
+            Ok(code) => ExitCode::from(code),
+            Err(err) => {
+                eprintln!("lab: {err:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let ui = ui::Ui::new(cli.verbose, cli.quiet);
     let cancel = Cancel::new();
     install_signals(cancel.clone());
@@ -451,6 +548,7 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => bench::run(&ui, &cancel, cmd),
         Command::VsockBackend { socket, uds, cid } => vsock_backend(&socket, &uds, cid),
         Command::Vmm(args) => vmm::run(args),
+        Command::SharedRoot { .. } => unreachable!("served before the signal thread starts"),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -10,7 +10,7 @@ use lab_engine::cancel::Cancel;
 use lab_engine::config::UserConfig;
 use lab_engine::launcher::VmLauncher;
 use lab_engine::scheduler::{self, Options, Plan};
-use lab_engine::suite::kyuafile;
+use lab_engine::suite::{kselftest, kyuafile};
 use lab_model::{RunEvent, TestProgram};
 use lab_report::{FanOut, HumanReporter, JsonReporter, JunitReporter, Reporter, TapReporter};
 
@@ -31,8 +31,9 @@ pub enum Format {
 /// Where the suites come from and which cases run: shared by test, list and debug.
 #[derive(Debug, Clone, Args)]
 pub struct Selection {
-    /// Kyuafiles or directories holding one (default: the bundled suites); other arguments
-    /// are filters, `PROGRAM` or `PROGRAM:CASE` relative to the suite root.
+    /// Kyuafiles or directories holding one, or installed kselftest trees (holding
+    /// kselftest-list.txt) (default: the bundled suites); other arguments are filters,
+    /// `PROGRAM` or `PROGRAM:CASE` relative to the suite root.
     #[arg(value_name = "SUITE|FILTER")]
     args: Vec<String>,
     /// The Kyuafile to load (like kyua's -k); may be repeated.
@@ -82,7 +83,12 @@ impl Selection {
         let (suites, bare, filters) = self.split();
         let mut programs = Vec::new();
         for s in suites {
-            let suite = kyuafile::load(&s).map_err(|e| BadInput(e.to_string()))?;
+            // An installed kselftest tree (kselftest-list.txt, no Kyuafile) is a suite too.
+            let suite = if kselftest::is_tree(&s) && !s.join(kyuafile::KYUAFILE).exists() {
+                kselftest::load(&s).map_err(|e| BadInput(e.to_string()))?
+            } else {
+                kyuafile::load(&s).map_err(|e| BadInput(e.to_string()))?
+            };
             programs.extend(suite.programs);
         }
         for object in bare {
@@ -376,6 +382,7 @@ pub fn test(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
         config,
         live_output: false,
         vm_memory: u64::from(args.vm.memory) << 20,
+        shared_root: args.vm.shared_root(),
     };
     let mut reporters = FanOut::default();
     match args.format {
@@ -562,6 +569,7 @@ pub fn debug(ui: &Ui, cancel: &Cancel, args: DebugArgs) -> anyhow::Result<u8> {
         config,
         live_output: true,
         vm_memory: u64::from(args.vm.memory) << 20,
+        shared_root: args.vm.shared_root(),
     };
     let mut found = false;
     let mut good = true;

@@ -41,8 +41,9 @@ const PLATFORMS: &[&str] = &["x86_64", "amd64", "linux"];
 pub(crate) struct Context<'a> {
     opts: &'a Options,
     filters: &'a [String],
-    /// Suite root on the host → its number (`/lab/suites/N` in the guest).
-    roots: HashMap<PathBuf, usize>,
+    /// Suite root on the host → where the guest has it: `/lab/suites/N` (put there), or its
+    /// own path where the guest's shared root shows it.
+    roots: HashMap<PathBuf, String>,
     /// Files of every suite root: (guest path, mode, host path).
     files: Vec<(String, u32, PathBuf)>,
     next: AtomicU64,
@@ -50,15 +51,25 @@ pub(crate) struct Context<'a> {
 
 impl<'a> Context<'a> {
     pub(crate) fn new(plan: &'a Plan, opts: &'a Options) -> Self {
-        let roots = suite_roots(&plan.programs);
+        let numbered = suite_roots(&plan.programs);
         let mut files = Vec::new();
-        let mut sorted: Vec<_> = roots.iter().collect();
+        let mut sorted: Vec<_> = numbered.iter().collect();
         sorted.sort_by_key(|(_, n)| **n);
+        let mut roots = HashMap::new();
         for (root, n) in sorted {
-            collect_files(root, &format!("/lab/suites/{n}"), &mut files);
+            // What the shared root shows is not copied: the guest has it at its own path.
+            let dir = match shown(opts.shared_root.as_deref(), root) {
+                Some(dir) => dir,
+                None => {
+                    let dir = format!("/lab/suites/{n}");
+                    collect_files(root, &dir, &mut files);
+                    dir
+                }
+            };
+            roots.insert(root.clone(), dir);
         }
         for p in &plan.programs {
-            let n = roots.get(&p.root).copied().unwrap_or(0);
+            let n = roots.get(&p.root).map_or("/lab/suites/0", String::as_str);
             if let (Some(exe), Some(rel)) = (&p.bpf.maps_setup_built, &p.bpf.maps_setup) {
                 files.push((maps_setup_guest_path(n, rel, true), 0o755, exe.clone()));
             }
@@ -105,11 +116,14 @@ impl<'a> Context<'a> {
 
     /// What runs in the guest: the program, or what lab built from it.
     fn guest_path(&self, program: &TestProgram) -> String {
-        let n = self.roots.get(&program.root).copied().unwrap_or(0);
+        let n = self
+            .roots
+            .get(&program.root)
+            .map_or("/lab/suites/0", String::as_str);
         if program.built.is_some() {
             built_guest_path(n, program)
         } else {
-            format!("/lab/suites/{n}/{}", program.path)
+            format!("{n}/{}", program.path)
         }
     }
 
@@ -224,7 +238,7 @@ fn guest_user(name: &str) -> Option<(u32, u32)> {
 
 /// Where a built artifact runs in the guest: a BPF object beside its source with `.o`
 /// appended; a compiled test program under its own name in its source's directory.
-fn built_guest_path(root: usize, program: &TestProgram) -> String {
+fn built_guest_path(root: &str, program: &TestProgram) -> String {
     match (&program.built, program.interface) {
         (Some(exe), iface) if iface != Interface::Bpf => {
             let name = exe
@@ -233,27 +247,38 @@ fn built_guest_path(root: usize, program: &TestProgram) -> String {
                 .unwrap_or_default();
             format!("{}/{name}", guest_dir(root, program))
         }
-        _ => format!("/lab/suites/{root}/{}.o", program.path),
+        _ => format!("{root}/{}.o", program.path),
     }
 }
 
 /// Where a bpf program's `maps_setup` runs in the guest: the file itself, or what lab built
 /// from `x.c`, as `x` beside it.
-fn maps_setup_guest_path(root: usize, rel: &str, built: bool) -> String {
+fn maps_setup_guest_path(root: &str, rel: &str, built: bool) -> String {
     let rel = if built {
         rel.strip_suffix(".c").unwrap_or(rel)
     } else {
         rel
     };
-    format!("/lab/suites/{root}/{rel}")
+    format!("{root}/{rel}")
 }
 
 /// The guest directory holding a program.
-fn guest_dir(root: usize, program: &TestProgram) -> String {
+fn guest_dir(root: &str, program: &TestProgram) -> String {
     match program.path.rsplit_once('/') {
-        Some((dir, _)) => format!("/lab/suites/{root}/{dir}"),
-        None => format!("/lab/suites/{root}"),
+        Some((dir, _)) => format!("{root}/{dir}"),
+        None => root.to_string(),
     }
+}
+
+/// Where the guest sees host directory `dir` through its shared root `shared`, if it does.
+fn shown(shared: Option<&std::path::Path>, dir: &std::path::Path) -> Option<String> {
+    let rel = dir.strip_prefix(shared?).ok()?;
+    let text = rel.to_str()?;
+    Some(if text.is_empty() {
+        "/".to_string()
+    } else {
+        format!("/{text}")
+    })
 }
 
 fn requirement(reason: String) -> TestResult {
@@ -309,7 +334,7 @@ pub(crate) fn prepare_vm(guest: &mut dyn Guest, ctx: &Context<'_>) -> Result<(),
             .map_err(|e| VmError::Request(format!("failed to read {}: {e}", host.display())))?;
         guest.put(path, *mode, &data)?;
     }
-    let script = format!("mkdir -p {RESULTS_DIR} {WORK_DIR} && chmod 1777 {RESULTS_DIR} /lab /lab/suites 2>/dev/null; chmod -R a+rX /lab");
+    let script = format!("mkdir -p /lab/suites {RESULTS_DIR} {WORK_DIR} && chmod 1777 {RESULTS_DIR} /lab /lab/suites 2>/dev/null; chmod -R a+rX /lab");
     let out = run_capture(guest, sh(&script), SETUP_TIMEOUT)?;
     if out.outcome.status != ExitStatus::Code(0) {
         return Err(VmError::Request(format!(
@@ -348,7 +373,7 @@ pub(crate) fn list(
     let argv = match program.interface {
         Interface::Atf => atf::list_argv(&ctx.guest_path(program)),
         Interface::Bpf => bpf::list_argv(&ctx.guest_path(program)),
-        Interface::Plain | Interface::Tap => {
+        Interface::Plain | Interface::Tap | Interface::Kselftest => {
             return Ok(Listing {
                 cases: program.cases.clone(),
                 batch: false,
@@ -412,7 +437,10 @@ fn bpf_run_args(ctx: &Context<'_>, program: &TestProgram, object: bool) -> bpf::
             .map(|t| (t.map.clone(), t.slot, t.program.clone()))
             .collect(),
         maps_setup: o.maps_setup.as_ref().map(|rel| {
-            let n = ctx.roots.get(&program.root).copied().unwrap_or(0);
+            let n = ctx
+                .roots
+                .get(&program.root)
+                .map_or("/lab/suites/0", String::as_str);
             maps_setup_guest_path(n, rel, o.maps_setup_built.is_some())
         }),
     }
@@ -674,6 +702,23 @@ pub(crate) fn run_case(
             guest.exec(&job, md.timeout, &mut tee).map(|o| {
                 let report = tap::parse(&captured.parse_stdout());
                 let (result, subs) = tap::result(&report, &to_run(&o));
+                (result, subs, o.wall)
+            })
+        }
+        Interface::Kselftest => {
+            // As kselftest/runner.sh runs it: from its collection's directory (it finds its
+            // helpers and data there), as root with root's home.
+            let mut job = make_job(vec![guest_program.clone()]);
+            job.cwd = srcdir.clone();
+            job.workdir = false;
+            job.env = vec![
+                "HOME=/root".to_string(),
+                "TZ=UTC".to_string(),
+                "LANG=C".to_string(),
+            ];
+            guest.exec(&job, md.timeout, &mut tee).map(|o| {
+                let report = tap::parse_ktap(&captured.parse_stdout());
+                let (result, subs) = tap::kselftest_result(&report, &to_run(&o));
                 (result, subs, o.wall)
             })
         }
@@ -976,6 +1021,7 @@ mod tests {
                 config,
                 live_output: false,
                 vm_memory: 0,
+                shared_root: None,
             }
         };
         let program = |suite: &str| {

@@ -87,6 +87,13 @@ impl Backend for KvmBackend {
         spec: &VmSpec,
         events: Sender<VmEvent>,
     ) -> Result<Box<dyn Machine>, BackendError> {
+        if let Some(root) = &spec.root {
+            return Err(BackendError::Unsupported(format!(
+                "the lab VMM has no shared filesystem device yet: a guest root from the host \
+                 ({}) needs --backend qemu",
+                root.display()
+            )));
+        }
         let console_log =
             File::create(spec.workdir.join("console.log")).map_err(BackendError::Spawn)?;
         // The agent connects to host port AGENT_PORT: the hybrid socket's `<uds>_<port>`.
@@ -109,7 +116,7 @@ impl Backend for KvmBackend {
                 console_log,
                 listener,
                 agent_socket,
-                helper: None,
+                helpers: Vec::new(),
                 stderr: Arc::new(Mutex::new(String::new())),
                 threads: Vec::new(),
             },
@@ -139,6 +146,7 @@ mod tests {
             accel: Accel::Kvm,
             nested: false,
             workdir: "/tmp/vm".into(),
+            root: None,
         };
         let args: Vec<String> = backend
             .args(&spec)

@@ -34,8 +34,9 @@ pub(crate) struct VmProcess {
     pub(crate) listener: UnixListener,
     /// Its path (removed when the machine is dropped).
     pub(crate) agent_socket: PathBuf,
-    /// A helper process that lives and dies with the VM (QEMU's vsock backend).
-    pub(crate) helper: Option<Child>,
+    /// Helper processes that live and die with the VM (QEMU's vsock backend, the shared
+    /// root's file server).
+    pub(crate) helpers: Vec<Child>,
     /// Diagnostics gathered so far (the helper's too).
     pub(crate) stderr: Arc<Mutex<String>>,
     /// Threads already following the VM (the helper's).
@@ -53,7 +54,7 @@ pub(crate) fn spawn(
         console_log,
         listener,
         agent_socket,
-        mut helper,
+        mut helpers,
         stderr: stderr_text,
         mut threads,
     } = vm;
@@ -66,7 +67,7 @@ pub(crate) fn spawn(
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
-            if let Some(h) = helper.as_mut() {
+            for h in &mut helpers {
                 let _ = h.kill();
                 let _ = h.wait();
             }
@@ -94,7 +95,7 @@ pub(crate) fn spawn(
     }
     Ok(Box::new(ProcessMachine {
         child,
-        helper,
+        helpers,
         socket: agent_socket,
         writer,
         scanner,
@@ -204,8 +205,8 @@ fn read_agent(listener: UnixListener, writer: &AgentWriter, events: &Sender<VmEv
 /// A running VM process.
 struct ProcessMachine {
     child: Child,
-    /// A helper process (QEMU's vsock backend).
-    helper: Option<Child>,
+    /// Helper processes (QEMU's vsock backend, the shared root's file server).
+    helpers: Vec<Child>,
     socket: PathBuf,
     writer: AgentWriter,
     scanner: Arc<Mutex<ConsoleScanner>>,
@@ -251,7 +252,7 @@ impl Machine for ProcessMachine {
         if self.reaped.is_none() {
             let _ = self.child.kill();
         }
-        if let Some(h) = self.helper.as_mut() {
+        for h in &mut self.helpers {
             let _ = h.kill();
         }
     }
@@ -262,8 +263,10 @@ impl Machine for ProcessMachine {
         }
         let code = self.child.wait().ok().and_then(|s| s.code());
         self.reaped = Some(code);
-        // The VM is gone, so a helper's connection to it closed and it ends by itself.
-        if let Some(h) = self.helper.as_mut() {
+        // The VM is gone, so a helper's connection to it closed and it ends by itself (the
+        // kill makes sure of it).
+        for h in &mut self.helpers {
+            let _ = h.kill();
             let _ = h.wait();
         }
         code

@@ -24,7 +24,25 @@ pub struct QemuBackend {
     binary: PathBuf,
     spawn_hook: Option<SpawnHook>,
     vsock: Option<VsockBackend>,
+    shared_root: Option<SharedRootServer>,
 }
+
+/// How to start the file server of a guest's shared root: a program (lab itself, with a hidden
+/// subcommand) that gets `--source DIR --view DIR --socket PATH` appended, makes a read-only
+/// view of DIR (`lab_vmm::shared_root`) and becomes virtiofsd serving it on PATH.
+#[derive(Debug, Clone)]
+pub struct SharedRootServer {
+    /// The program.
+    pub program: PathBuf,
+    /// Its leading arguments.
+    pub args: Vec<OsString>,
+}
+
+/// The virtio-fs tag of a guest's shared root.
+pub const ROOT_TAG: &str = "labroot";
+
+/// How long the shared root's file server may take to listen.
+const ROOT_SERVER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// How to start the vhost-user vsock backend for a VM: a program (lab itself, with a hidden
 /// subcommand) that gets `--socket VHOST_USER --uds UDS --cid CID` appended, prints one line
@@ -61,6 +79,7 @@ impl QemuBackend {
             binary,
             spawn_hook: None,
             vsock: None,
+            shared_root: None,
         })
     }
 
@@ -77,6 +96,61 @@ impl QemuBackend {
     pub fn with_vsock(mut self, backend: VsockBackend) -> Self {
         self.vsock = Some(backend);
         self
+    }
+
+    /// Serves guests' shared roots with `server`.
+    pub fn with_shared_root(mut self, server: SharedRootServer) -> Self {
+        self.shared_root = Some(server);
+        self
+    }
+
+    /// Starts the file server of the shared root `root` for the VM of `spec` and waits until
+    /// its socket is there. Its messages go to `virtiofsd.log` in the VM's work directory.
+    fn start_shared_root(&self, root: &Path, spec: &VmSpec) -> Result<Child, BackendError> {
+        let server = self.shared_root.as_ref().ok_or_else(|| {
+            BackendError::Unsupported("this lab has no file server for a shared root".into())
+        })?;
+        let view = spec.workdir.join("root-view");
+        std::fs::create_dir_all(&view).map_err(BackendError::Spawn)?;
+        let socket = root_socket(spec);
+        let log_path = spec.workdir.join("virtiofsd.log");
+        let log = File::create(&log_path).map_err(BackendError::Spawn)?;
+        let mut cmd = self.command(&server.program);
+        cmd.args(&server.args)
+            .arg("--source")
+            .arg(root)
+            .arg("--view")
+            .arg(&view)
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut child = cmd.spawn().map_err(BackendError::Spawn)?;
+        let started = std::time::Instant::now();
+        loop {
+            if socket.exists() {
+                return Ok(child);
+            }
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || started.elapsed() > ROOT_SERVER_DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                let mut text = String::new();
+                let _ = File::open(&log_path).and_then(|f| f.take(4096).read_to_string(&mut text));
+                let why = text
+                    .lines()
+                    .last()
+                    .unwrap_or("no message")
+                    .trim()
+                    .to_string();
+                return Err(BackendError::Helper(format!(
+                    "the file server of the shared root {} did not start: {why}",
+                    root.display()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// The agent transport VMs of this backend get.
@@ -237,6 +311,11 @@ pub enum Channel {
     },
 }
 
+/// The vhost-user socket of the shared root's file server for the VM of `spec`.
+fn root_socket(spec: &VmSpec) -> PathBuf {
+    spec.workdir.join("root.sock")
+}
+
 /// The vhost-user socket and the hybrid-vsock socket of the VM of `spec`.
 fn vsock_paths(spec: &VmSpec) -> (PathBuf, PathBuf) {
     (
@@ -287,6 +366,8 @@ pub fn args(spec: &VmSpec, channel: &Channel) -> Vec<OsString> {
         s
     };
     let vsock = matches!(channel, Channel::Vsock { .. });
+    // vhost-user devices (vsock, the shared root's virtio-fs) need RAM their servers can map.
+    let shared = vsock || spec.root.is_some();
     // microvm: no PCI, no firmware tables beyond what Linux needs; ACPI stays on so that
     // kernels power off through it and so Debian kernels find the virtio-mmio devices it
     // describes. A vhost-user device needs guest RAM the backend process can map: a shared
@@ -294,7 +375,7 @@ pub fn args(spec: &VmSpec, channel: &Channel) -> Vec<OsString> {
     push(&mut a, "-M");
     push(
         &mut a,
-        if vsock {
+        if shared {
             "microvm,acpi=on,rtc=on,memory-backend=mem"
         } else {
             "microvm,acpi=on,rtc=on"
@@ -308,7 +389,7 @@ pub fn args(spec: &VmSpec, channel: &Channel) -> Vec<OsString> {
     push(&mut a, &spec.cpus.to_string());
     push(&mut a, "-m");
     push(&mut a, &format!("{}M", spec.memory_mib));
-    if vsock {
+    if shared {
         push(&mut a, "-object");
         push(
             &mut a,
@@ -320,6 +401,20 @@ pub fn args(spec: &VmSpec, channel: &Channel) -> Vec<OsString> {
     }
     for fixed in ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"] {
         push(&mut a, fixed);
+    }
+    if shared {
+        // Modern (virtio 1.x) virtio-mmio transport for the vhost-user devices.
+        push(&mut a, "-global");
+        push(&mut a, "virtio-mmio.force-legacy=false");
+    }
+    if spec.root.is_some() {
+        push(&mut a, "-chardev");
+        a.push(path_arg("socket,id=root,path=", &root_socket(spec)));
+        push(&mut a, "-device");
+        push(
+            &mut a,
+            &format!("vhost-user-fs-device,chardev=root,tag={ROOT_TAG}"),
+        );
     }
     // The console: first UART on QEMU's stdout.
     push(&mut a, "-chardev");
@@ -335,9 +430,6 @@ pub fn args(spec: &VmSpec, channel: &Channel) -> Vec<OsString> {
             push(&mut a, "isa-serial,chardev=agent,index=1");
         }
         Channel::Vsock { vhost_user } => {
-            // Modern (virtio 1.x) virtio-mmio transport for the vhost-user device.
-            push(&mut a, "-global");
-            push(&mut a, "virtio-mmio.force-legacy=false");
             push(&mut a, "-chardev");
             a.push(path_arg("socket,id=vsock,path=", vhost_user));
             push(&mut a, "-device");
@@ -349,11 +441,14 @@ pub fn args(spec: &VmSpec, channel: &Channel) -> Vec<OsString> {
     push(&mut a, "-initrd");
     a.push(spec.initrd.clone().into_os_string());
     push(&mut a, "-append");
-    let cmdline = format!(
+    let mut cmdline = format!(
         "{} {}",
         full_cmdline(spec, host_tsc_khz()),
         channel_param(channel)
     );
+    if spec.root.is_some() {
+        cmdline.push_str(&format!(" lab.root=virtiofs:{ROOT_TAG}"));
+    }
     a.push(cmdline.into());
     a
 }
@@ -373,6 +468,10 @@ impl Backend for QemuBackend {
         let stderr_text = Arc::new(Mutex::new(String::new()));
         let mut threads = Vec::new();
         let tag = spec.name.clone();
+        let mut helpers = Vec::new();
+        if let Some(root) = &spec.root {
+            helpers.push(self.start_shared_root(root, spec)?);
+        }
 
         // The agent's listener exists before anything starts: QEMU's UART (serial) or the
         // guest's vsock connection (through the backend's hybrid socket) reaches it.
@@ -402,12 +501,12 @@ impl Backend for QemuBackend {
                 )
             }
         };
-        let (helper, listener) = match helper {
-            Some((h, l)) => (Some(h), l),
-            None => (
-                None,
-                UnixListener::bind(&agent_socket).map_err(BackendError::Spawn)?,
-            ),
+        let listener = match helper {
+            Some((h, l)) => {
+                helpers.push(h);
+                l
+            }
+            None => UnixListener::bind(&agent_socket).map_err(BackendError::Spawn)?,
         };
 
         let mut cmd = self.command(&self.binary);
@@ -419,7 +518,7 @@ impl Backend for QemuBackend {
                 console_log,
                 listener,
                 agent_socket,
-                helper,
+                helpers,
                 stderr: stderr_text,
                 threads,
             },
@@ -443,6 +542,7 @@ mod tests {
             accel,
             nested: false,
             workdir: "/w".into(),
+            root: None,
         }
     }
 

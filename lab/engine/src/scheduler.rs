@@ -60,6 +60,9 @@ pub struct Options {
     pub live_output: bool,
     /// Each VM's memory in bytes (for `required_memory`).
     pub vm_memory: u64,
+    /// The host directory the guests' shared root shows (`--root`), if any: suite trees
+    /// under it are not copied into the guest, which has them at their own paths.
+    pub shared_root: Option<PathBuf>,
 }
 
 /// Why a VM could not do what was asked.
@@ -150,6 +153,10 @@ pub fn run(
                 .filter(|p| ctx.selected_program(p))
                 .count(),
             jobs,
+            root: opts
+                .shared_root
+                .as_ref()
+                .map_or("initramfs".into(), |r| r.display().to_string()),
         },
         &mut counts,
     );

@@ -65,6 +65,8 @@ pub struct BootOptions {
     /// Hardware virtualization for the guest (nested KVM): the backend passes it through and
     /// guest-init loads the kvm module its CPU calls for (`lab.nested=1`).
     pub nested: bool,
+    /// A host directory shown to the guest, read-only, as the root its jobs run in.
+    pub root: Option<std::path::PathBuf>,
 }
 
 impl Default for BootOptions {
@@ -81,6 +83,7 @@ impl Default for BootOptions {
             agent_silence: AGENT_SILENCE,
             backend: crate::vm::BackendKind::Qemu,
             nested: false,
+            root: None,
         }
     }
 }
@@ -449,6 +452,7 @@ impl Vm {
             accel: opts.accel,
             nested: opts.nested,
             workdir: workdir.path().to_path_buf(),
+            root: opts.root.clone(),
         };
         let (tx, rx) = mpsc::channel();
         let registration = cancel.register(tx.clone());

@@ -69,6 +69,9 @@ pub struct VmSpec {
     pub nested: bool,
     /// A private directory for this VM's sockets and logs; it outlives the VM.
     pub workdir: PathBuf,
+    /// A host directory the guest sees, read-only, as the root of its test programs (a shared
+    /// filesystem; guest-init mounts it with a tmpfs overlay and runs jobs in it).
+    pub root: Option<PathBuf>,
 }
 
 /// What happens in a running VM, in the order the backend observed it. Console events and agent
@@ -109,6 +112,12 @@ pub enum BackendError {
     /// Spawning or wiring up the VM process failed.
     #[error("failed to start the vm process")]
     Spawn(#[source] std::io::Error),
+    /// The backend cannot give the VM what its spec asks for.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A helper the VM needs (the shared root's file server) did not start.
+    #[error("{0}")]
+    Helper(String),
 }
 
 /// A step applied to every VM process (and helper) a backend spawns, before it is spawned: the

@@ -107,6 +107,10 @@ impl Counts {
     }
 }
 
+fn initramfs() -> String {
+    "initramfs".into()
+}
+
 /// Something that happened in a run. See the module docs for the order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -119,6 +123,10 @@ pub enum RunEvent {
         programs: usize,
         /// VM slots.
         jobs: usize,
+        /// The root the guests' jobs ran in: `initramfs` (lab's own userland), or the host
+        /// directory their shared root showed (`/` for `--root host`).
+        #[serde(default = "initramfs")]
+        root: String,
     },
     /// A VM slot boots a VM.
     VmBooting {

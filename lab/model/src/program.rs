@@ -28,6 +28,10 @@ pub enum Interface {
     Tap,
     /// A BPF object run through BPF_PROG_TEST_RUN.
     Bpf,
+    /// A program of an installed kselftest tree, run as the kernel's `kselftest/runner.sh`
+    /// runs it: from its collection's directory, its exit status the verdict (0 pass, 4 skip),
+    /// its KTAP output the sub-results.
+    Kselftest,
 }
 
 impl Interface {
@@ -38,6 +42,7 @@ impl Interface {
             Self::Plain => "plain",
             Self::Tap => "tap",
             Self::Bpf => "bpf",
+            Self::Kselftest => "kselftest",
         }
     }
 }
@@ -161,7 +166,7 @@ impl TestProgram {
         metadata: Metadata,
     ) -> Self {
         let cases = match interface {
-            Interface::Plain | Interface::Tap => vec![TestCase {
+            Interface::Plain | Interface::Tap | Interface::Kselftest => vec![TestCase {
                 name: MAIN_CASE.to_string(),
                 metadata: metadata.clone(),
             }],

@@ -111,6 +111,7 @@ pub(crate) fn run() -> Vec<RunEvent> {
             kernels: vec![K1.into(), K2.into()],
             programs: 3,
             jobs: 2,
+            root: "initramfs".into(),
         },
         RunEvent::VmBooting {
             slot: 0,
@@ -281,6 +282,7 @@ pub(crate) fn interrupted() -> Vec<RunEvent> {
             kernels: vec![K1.into()],
             programs: 2,
             jobs: 1,
+            root: "initramfs".into(),
         },
         listed(K1, PLAIN, 1),
         started(K1, PLAIN, "main", 0),

@@ -225,10 +225,16 @@ impl Reporter for HumanReporter {
                 kernels,
                 programs,
                 jobs,
+                root,
             } => {
                 self.expected_programs = Some(kernels.len() * programs);
+                let root = if root == "initramfs" {
+                    String::new()
+                } else {
+                    format!(", jobs in the host's {root} (read-only)")
+                };
                 self.line(&format!(
-                    "{:>STATUS_WIDTH$} {} on {} ({}) with {}",
+                    "{:>STATUS_WIDTH$} {} on {} ({}) with {}{root}",
                     "Starting",
                     plural(*programs, "program"),
                     plural(kernels.len(), "kernel"),
@@ -497,6 +503,7 @@ Interrupted: finishing without running the rest (interrupt again to kill the VMs
                     kernels: vec![fixture::K1.into()],
                     programs: 2,
                     jobs: 1,
+                    root: "initramfs".into(),
                 },
                 fixture::listed(fixture::K1, fixture::PLAIN, 1),
                 fixture::finished(

@@ -64,7 +64,7 @@ mod tests {
         }
         let out = String::from_utf8(r.into_inner()).expect("utf-8");
         let want = [
-            r#"{"event":"run_started","kernels":["debian-6.1","debian-6.12"],"programs":3,"jobs":2}"#,
+            r#"{"event":"run_started","kernels":["debian-6.1","debian-6.12"],"programs":3,"jobs":2,"root":"initramfs"}"#,
             r#"{"event":"vm_booting","slot":0,"kernel":"debian-6.1"}"#,
             r#"{"event":"vm_booting","slot":1,"kernel":"debian-6.12"}"#,
             r#"{"event":"vm_ready","slot":0,"kernel":"debian-6.1","release":"6.1.0-18-cloud-amd64","boot_time":2100}"#,

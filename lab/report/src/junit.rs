@@ -21,6 +21,8 @@ pub struct JunitReporter {
     cases: BTreeMap<String, Vec<FinishedCase>>,
     /// Each kernel's `uname -r`, once a VM of it was ready.
     releases: BTreeMap<String, String>,
+    /// The root the guests' jobs ran in.
+    root: Option<String>,
     /// What went wrong with each kernel's VMs.
     vm_failures: BTreeMap<String, String>,
     interrupted: bool,
@@ -34,6 +36,7 @@ impl JunitReporter {
             kernels: Vec::new(),
             cases: BTreeMap::new(),
             releases: BTreeMap::new(),
+            root: None,
             vm_failures: BTreeMap::new(),
             interrupted: false,
         }
@@ -59,6 +62,9 @@ impl JunitReporter {
             suite.add_property(Property::new("kernel", kernel.as_str()));
             if let Some(release) = self.releases.get(kernel) {
                 suite.add_property(Property::new("release", release.as_str()));
+            }
+            if let Some(root) = &self.root {
+                suite.add_property(Property::new("root", root.as_str()));
             }
             if self.interrupted {
                 suite.add_property(Property::new("interrupted", "true"));
@@ -106,10 +112,11 @@ impl JunitReporter {
 impl Reporter for JunitReporter {
     fn event(&mut self, e: &RunEvent) -> Result<(), ReportError> {
         match e {
-            RunEvent::RunStarted { kernels, .. } => {
+            RunEvent::RunStarted { kernels, root, .. } => {
                 for k in kernels {
                     self.kernel_seen(k);
                 }
+                self.root = Some(root.clone());
             }
             RunEvent::VmReady {
                 kernel, release, ..
@@ -228,6 +235,7 @@ mod tests {
         <properties>
             <property name="kernel" value="debian-6.1"/>
             <property name="release" value="6.1.0-18-cloud-amd64"/>
+            <property name="root" value="initramfs"/>
         </properties>
         <testcase name="t/atf_test:fail" classname="t/atf_test" time="1.250">
             <failure message="assertion failed: x == 1 | at t/atf_test.c:12" type="failed">assertion failed: x == 1
@@ -277,6 +285,7 @@ want: 0</failure>
         <properties>
             <property name="kernel" value="debian-6.12"/>
             <property name="release" value="6.12.9-cloud-amd64"/>
+            <property name="root" value="initramfs"/>
         </properties>
         <testcase name="t/atf_test:pass" classname="t/atf_test" time="0.110"/>
         <testcase name="t/atf_test:skip" classname="t/atf_test" time="0.000">

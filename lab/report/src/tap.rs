@@ -73,13 +73,15 @@ impl<W: Write> Reporter for TapReporter<W> {
                 kernels,
                 programs,
                 jobs,
+                root,
             } => {
                 let t = format!(
-                    "TAP version 14\n# {} on {} ({}), {}\n",
+                    "TAP version 14\n# {} on {} ({}), {}, root {}\n",
                     plural(*programs, "program"),
                     plural(kernels.len(), "kernel"),
                     kernels.join(", "),
                     plural(*jobs, "VM slot"),
+                    root,
                 );
                 self.write(&t)
             }
@@ -354,7 +356,7 @@ mod tests {
     }
 
     const RUN: &str = r#"TAP version 14
-# 3 programs on 2 kernels (debian-6.1, debian-6.12), 2 VM slots
+# 3 programs on 2 kernels (debian-6.1, debian-6.12), 2 VM slots, root initramfs
 # VM failed: [debian-6.12] slot 1: guest kernel panicked
 #   Kernel panic - not syncing: Attempted to kill init!
 #   ---[ end Kernel panic ]---
@@ -457,7 +459,7 @@ not ok 6 - [debian-6.1] t/tap_test
     fn snapshot_interrupted() {
         let out = render(&fixture::interrupted());
         let want = "TAP version 14
-# 2 programs on 1 kernel (debian-6.1), 1 VM slot
+# 2 programs on 1 kernel (debian-6.1), 1 VM slot, root initramfs
 # Subtest: [debian-6.1] t/plain_test
     ok 1 - main
     1..1
@@ -481,6 +483,7 @@ Bail out! interrupted
                 kernels: vec![fixture::K1.into()],
                 programs: 1,
                 jobs: 1,
+                root: "initramfs".into(),
             },
             fixture::program_finished(fixture::K1, fixture::ATF),
             RunEvent::RunFinished {

@@ -13,5 +13,6 @@ pub mod event_loop;
 pub mod process;
 #[cfg(target_arch = "x86_64")]
 pub mod seccomp;
+pub mod shared_root;
 pub mod vhost_user;
 pub mod vstate;

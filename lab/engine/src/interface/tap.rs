@@ -1526,7 +1526,8 @@ pub fn result(report: &TapReport, outcome: &RunOutcome) -> (TestResult, Vec<SubR
 /// never changes the verdict: not even a `Bail out!`, a `not ok` or a missing plan.
 pub fn kselftest_result(report: &TapReport, outcome: &RunOutcome) -> (TestResult, Vec<SubResult>) {
     let verdict = match outcome.finished() {
-        None => TestResult::broken("Test case timed out").with_cause(Cause::Timeout),
+        // kselftest/runner.sh: `not ok N … # TIMEOUT T seconds`, a failure.
+        None => TestResult::failed("Timed out").with_cause(Cause::Timeout),
         Some(ExitStatus::Code(0)) => TestResult::passed(),
         Some(ExitStatus::Code(KSFT_SKIP)) => {
             let last_skip = report.points.iter().rev().find_map(|p| match &p.directive {
@@ -2736,8 +2737,8 @@ not ok 2 selftests: timeouts: hang.sh # TIMEOUT 5 seconds
             (
                 "TAP version 13\n1..3\nok 1\n",
                 RunOutcome::timeout(),
-                ResultType::Broken,
-                "Test case timed out",
+                ResultType::Failed,
+                "Timed out",
                 Some(Cause::Timeout),
             ),
         ];

@@ -22,6 +22,7 @@ pub fn list(
         config: crate::config::UserConfig::default(),
         live_output: false,
         vm_memory: 0,
+        shared_root: None,
     };
     let ctx = Context::new(plan, &opts);
     let kernel = plan.kernels.first().map(String::as_str).unwrap_or_default();

@@ -163,6 +163,7 @@ fn opts(jobs: usize) -> Options {
         config: crate::config::UserConfig::default(),
         live_output: false,
         vm_memory: 512 << 20,
+        shared_root: None,
     }
 }
 

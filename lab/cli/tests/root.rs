@@ -1,0 +1,223 @@
+//! End-to-end tests of the shared root (`--root host`): the guest's jobs run in the host's root
+//! filesystem, read-only under a tmpfs overlay, served by virtiofsd through QEMU; no write of
+//! the guest's, hostile or not, reaches the host; suites run there without being copied in.
+
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        reason = "test code: a failed unwrap is a failed test"
+    )
+)]
+
+mod common;
+
+use common::*;
+
+/// Whether a shared root can be served here: virtiofsd is installed (QEMU's own on Debian 12,
+/// the `virtiofsd` package later).
+fn can_share_root() -> bool {
+    let found = ["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"]
+        .iter()
+        .any(|p| std::path::Path::new(p).is_file())
+        || std::env::var_os("LAB_VIRTIOFSD").is_some();
+    if !found {
+        assert!(!required(), "LAB_E2E=1 but virtiofsd is not installed");
+        eprintln!("SKIPPED: virtiofsd not installed (Debian 12: qemu-system-common)");
+    }
+    found
+}
+
+#[test]
+fn the_host_root_is_there_read_only_and_guest_writes_stay_in_the_guest() {
+    if !can_boot() || !installed("debian-6.1") || !can_share_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let host = tempfile::Builder::new()
+        .prefix("lab-root-e2e-")
+        .tempdir_in(std::env::temp_dir())
+        .unwrap();
+    let marker = host.path().join("marker");
+    std::fs::write(&marker, "from the host\n").unwrap();
+    let m = marker.display();
+    // The guest reads the host's file at its own path, overwrites it (in its overlay), then,
+    // as a hostile guest would, mounts the share again read-write and writes through it.
+    let script = format!(
+        "cat {m}; echo from the guest > {m} && cat {m}; \
+         mkdir -p /tmp/share && mount -t virtiofs labroot /tmp/share && \
+         mount -o remount,rw /tmp/share && echo hostile > /tmp/share{m}; echo hostile=$?; \
+         uname -n; test -e /lab/root && echo layers-visible || echo layers-hidden"
+    );
+    let out = s.run(&[
+        "boot",
+        "-k",
+        "debian-6.1",
+        "--root",
+        "host",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        text.starts_with("from the host\nfrom the guest\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hostile=2"),
+        "a write through the share must fail: {text}"
+    );
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
+    // The guest's own hostname, not the host's.
+    assert!(text.contains("\nlab\n"), "{text}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "from the host\n");
+}
+
+#[test]
+fn the_kyua_suites_pass_in_the_host_root_without_being_copied() {
+    if !can_boot() || !installed("debian-6.1") || !can_share_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let tree = suites().join("kyua");
+    let config = suites().join("kyua.conf");
+    let out = s.run(&[
+        "test",
+        "--root",
+        "host",
+        "--config",
+        &config.display().to_string(),
+        &tree.display().to_string(),
+        "-j",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let got = verdicts(&stdout(&out));
+    // Requirements are the root's: where the host has no `nc`, the cases that need it are
+    // skipped, as kyua on this host skips them.
+    let mut want = expected(&tree);
+    let host_has_nc = std::process::Command::new("sh")
+        .args(["-c", "command -v nc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !host_has_nc {
+        for case in ["jail/vnet.sh:bind_a", "jail/vnet.sh:bind_b"] {
+            let reason = &got[&("debian-6.1".to_string(), case.to_string())].1;
+            assert!(reason.contains("Required program 'nc'"), "{case}: {reason}");
+            want.insert(case.to_string(), ("skipped".to_string(), false));
+        }
+    }
+    assert_verdicts(&got, &want, &["debian-6.1"]);
+    // The results say which root the jobs ran in.
+    let text = stdout(&out);
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.contains(r#""event":"run_started""#) && l.contains(r#""root":"/""#)),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_lab_vmm_refuses_a_shared_root_by_name() {
+    if !installed("debian-6.1") {
+        return;
+    }
+    let s = Scratch::new();
+    let out = s.run(&[
+        "boot",
+        "-k",
+        "debian-6.1",
+        "--backend",
+        "kvm",
+        "--root",
+        "host",
+        "--",
+        "true",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no shared filesystem device") || err.contains("/dev/kvm"),
+        "{err}"
+    );
+}
+
+/// A third-party-style suite installed into a host prefix (suites/installed: a shared library,
+/// data files, pkg-config data, programs linked with a runpath, a test that builds code) gives
+/// through `lab test --root host` the verdicts Debian's kyua gives on the host, case by case.
+#[test]
+fn an_installed_suite_gives_kyuas_verdicts_case_by_case() {
+    if !can_boot() || !installed("debian-6.1") || !can_share_root() {
+        return;
+    }
+    let has_kyua = std::process::Command::new("kyua")
+        .arg("about")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_kyua {
+        assert!(!required(), "LAB_E2E=1 but kyua is not installed");
+        eprintln!("SKIPPED: Debian's kyua is not installed");
+        return;
+    }
+    let reference = suites().join("../scripts/installed-reference");
+    let kyua = std::process::Command::new(&reference)
+        .arg("--keep")
+        .output()
+        .unwrap();
+    let kyua_err = String::from_utf8_lossy(&kyua.stderr).into_owned();
+    assert!(kyua.status.success(), "installed-reference: {kyua_err}");
+    let prefix = std::path::PathBuf::from(kyua_err.lines().last().unwrap().trim());
+    struct Removed(std::path::PathBuf);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Removed(prefix.clone());
+    let want: std::collections::BTreeMap<String, String> = String::from_utf8_lossy(&kyua.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(c, r)| (c.to_string(), r.trim().to_string()))
+        .collect();
+    assert!(want.len() >= 10, "kyua ran too little: {want:?}");
+
+    let s = Scratch::new();
+    let tree = prefix.join("tests/greet");
+    let out = s.run(&[
+        "test",
+        "--root",
+        "host",
+        "--config",
+        &tree.join("kyua.conf").display().to_string(),
+        &tree.display().to_string(),
+        "-j",
+        "2",
+        "--format",
+        "json",
+    ]);
+    let lab = verdicts(&stdout(&out));
+    let mut differ = Vec::new();
+    for (case, result) in &want {
+        let got = lab
+            .get(&("debian-6.1".to_string(), case.clone()))
+            .map(|(r, reason)| format!("{r} ({reason})"));
+        if got.as_deref().map(|g| g.split(' ').next()) != Some(Some(result.as_str())) {
+            differ.push(format!("{case}: kyua {result}, lab {got:?}"));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "lab differs from kyua:\n{}",
+        differ.join("\n")
+    );
+}
