@@ -384,12 +384,20 @@ pub(crate) fn list(
     job.cwd = ctx.srcdir(program);
     job.env = base_env(Interface::Atf, "/tmp");
     let out = run_capture(guest, job, LIST_TIMEOUT).map_err(ListError::Guest)?;
-    let broken =
-        |reason: String| ListError::Broken(TestResult::broken(reason).with_cause(Cause::Protocol));
+    // A listing that fails is the program's doing, except for lab's own eBPF runner.
+    let cause = (program.interface == Interface::Bpf).then_some(Cause::Protocol);
+    let broken = |reason: String| {
+        let mut result = TestResult::broken(reason);
+        result.cause = cause;
+        ListError::Broken(result)
+    };
     if out.outcome.timed_out {
-        return Err(broken(format!(
-            "Test program timed out while listing its cases after {LIST_TIMEOUT:?}"
-        )));
+        return Err(ListError::Broken(
+            TestResult::broken(format!(
+                "Test program timed out while listing its cases after {LIST_TIMEOUT:?}"
+            ))
+            .with_cause(Cause::Timeout),
+        ));
     }
     if out.outcome.status != ExitStatus::Code(0) {
         return Err(broken(format!(

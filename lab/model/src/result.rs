@@ -57,7 +57,9 @@ pub enum Cause {
     AgentLost,
     /// The test program could not be started.
     Exec,
-    /// The test program's output (result file, TAP stream, case list) was invalid.
+    /// Lab's own side broke its protocol: its eBPF runner (`/init bpf`) gave no or invalid
+    /// output. A test program's own invalid output (an atf result file, a TAP stream, a case
+    /// list) is not this: that result carries no cause, its reason says what the program did.
     Protocol,
     /// A requirement in the metadata is not met.
     Requirement,

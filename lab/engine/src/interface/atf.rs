@@ -530,9 +530,9 @@ fn apply(raw: AtfRawResult, status: ExitStatus) -> (AtfRawResult, bool) {
 /// The file's result must agree with the body's end (passed, skipped and expected_failure
 /// need exit 0, failed exit 1, expected_exit(N) code N, expected_signal(N) signal N,
 /// expected_timeout a timeout); a body timeout without expected_timeout is broken; a good
-/// result turns broken when the cleanup fails or times out. Results the lab decided carry
-/// [`Cause::Timeout`] (a timeout) or [`Cause::Protocol`] (a bad or missing result file, or one
-/// that disagrees with the exit status).
+/// result turns broken when the cleanup fails or times out. A timeout, which the lab decided,
+/// carries [`Cause::Timeout`]; a bad or missing result file, or one that disagrees with the exit
+/// status, is the program's own doing (Kyua's reason says which) and carries no cause.
 pub fn result(
     raw: Option<Result<AtfRawResult, AtfError>>,
     body: &RunOutcome,
@@ -541,11 +541,11 @@ pub fn result(
     let body_status = body.finished();
     let (mut res, mut cause) = match raw {
         Some(Ok(r)) => (r, None),
-        Some(Err(e)) => (AtfRawResult::Broken(e.reason()), Some(Cause::Protocol)),
+        Some(Err(e)) => (AtfRawResult::Broken(e.reason()), None),
         None => match body_status {
             Some(st) => (
                 AtfRawResult::Broken(format!("Premature exit; test case {}", describe(st))),
-                Some(Cause::Protocol),
+                None,
             ),
             // Replaced below: a timeout.
             None => (AtfRawResult::Broken("Unknown result".to_string()), None),
@@ -562,7 +562,7 @@ pub fn result(
             let (applied, overruled) = apply(res, st);
             res = applied;
             if overruled {
-                cause = Some(Cause::Protocol);
+                cause = None;
             }
         }
     }
@@ -896,7 +896,7 @@ mod tests {
                 None,
                 Broken,
                 Some("Passed test case should have reported success but exited with code 1"),
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 Some(Ok(R::Passed)),
@@ -904,7 +904,7 @@ mod tests {
                 None,
                 Broken,
                 Some("Passed test case should have reported success but received signal 11"),
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 Some(Ok(R::Failed(r("x")))),
@@ -920,7 +920,7 @@ mod tests {
                 None,
                 Broken,
                 Some("Failed test case should have reported failure but exited with code 0"),
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 Some(Ok(R::Skipped(r("s")))),
@@ -936,7 +936,7 @@ mod tests {
                 None,
                 Broken,
                 Some("Skipped test case should have reported success but exited with code 2"),
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 Some(Ok(R::Broken(r("b")))),
@@ -960,7 +960,7 @@ mod tests {
                 None,
                 Broken,
                 Some("Expected failure should have reported success but exited with code 1"),
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 Some(Ok(R::ExpectedDeath(r("d")))),
@@ -1000,7 +1000,7 @@ mod tests {
                 None,
                 Broken,
                 Some("Expected clean exit but received signal 9"),
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 Some(Ok(R::ExpectedSignal(None, r("e")))),
@@ -1024,7 +1024,7 @@ mod tests {
                 None,
                 Broken,
                 Some("Expected signal but exited with code 0"),
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 Some(Ok(R::ExpectedTimeout(r("t")))),
@@ -1040,7 +1040,7 @@ mod tests {
                 None,
                 Broken,
                 Some("Expected timeout but exited with code 0"),
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 Some(Ok(R::Passed)),
@@ -1072,7 +1072,7 @@ mod tests {
                 None,
                 Broken,
                 Some("Premature exit; test case exited with code 0"),
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 None,
@@ -1080,7 +1080,7 @@ mod tests {
                 None,
                 Broken,
                 Some("Premature exit; test case received signal 9"),
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 Some(Err(AtfError::EmptyResult)),
@@ -1088,7 +1088,7 @@ mod tests {
                 None,
                 Broken,
                 Some("Empty test result or no new line"),
-                Some(Cause::Protocol),
+                None,
             ),
             // Cleanup.
             (

@@ -1482,7 +1482,6 @@ pub fn result(report: &TapReport, outcome: &RunOutcome) -> (TestResult, Vec<SubR
                     "TAP test program yielded invalid data: {}",
                     e.reason()
                 ))
-                .with_cause(Cause::Protocol)
             } else if let Some(reason) = &report.bail_out {
                 if reason.is_empty() {
                     TestResult::failed("Bailed out")
@@ -1499,7 +1498,6 @@ pub fn result(report: &TapReport, outcome: &RunOutcome) -> (TestResult, Vec<SubR
                         "Dubious test program: reported all tests as passed but returned \
                          exit code {code}"
                     ))
-                    .with_cause(Cause::Protocol)
                 }
             } else {
                 TestResult::failed(format!(
@@ -2019,7 +2017,7 @@ mod tests {
                 code(2),
                 ResultType::Broken,
                 "Dubious test program: reported all tests as passed but returned exit code 2",
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 "1..0 # SKIP no net\n",
@@ -2062,7 +2060,7 @@ mod tests {
                 ResultType::Broken,
                 "TAP test program yielded invalid data: Output did not contain any TAP plan \
                  and the program did not bail out",
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 "1..3\nok 1\n",
@@ -2070,7 +2068,7 @@ mod tests {
                 ResultType::Broken,
                 "TAP test program yielded invalid data: Reported plan differs from actual \
                  executed tests",
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 "1..1\nok 1\n1..1\n",
@@ -2078,21 +2076,21 @@ mod tests {
                 ResultType::Broken,
                 "TAP test program yielded invalid data: Found duplicate plan 1..1 (saw 1..1 \
                  earlier)",
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 "3..1\n",
                 code(0),
                 ResultType::Broken,
                 "TAP test program yielded invalid data: Found reversed plan 3..1",
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 "1..2 # SKIP x\n",
                 code(0),
                 ResultType::Broken,
                 "TAP test program yielded invalid data: Skipped plan must be 1..0",
-                Some(Cause::Protocol),
+                None,
             ),
             (
                 "1..1\nok 1\n",
