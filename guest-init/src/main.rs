@@ -139,8 +139,16 @@ fn run(channel: &mut Option<Sender>) -> Result<(), Failure> {
     let reaper = reaper::Reaper::start().map_err(|e| fail("reaper", e))?;
     let spec = param(&cmdline, "lab.channel").unwrap_or(lab_proto::DEFAULT_CHANNEL.to_string());
     let endpoint = channel::Endpoint::parse(&spec).map_err(|e| fail("channel", e))?;
-    let (input, out) = channel::open(&endpoint)
-        .map_err(|e| fail("channel", format!("cannot open {spec}: {e}")))?;
+    let (input, out) = channel::open(&endpoint).map_err(|e| {
+        // No vsock in the kernel, and none of its modules in the image: say what helps.
+        let hint = if e.raw_os_error() == Some(libc::EAFNOSUPPORT) {
+            " (the kernel has no vsock built in and lab had none of its modules: give lab \
+             the kernel's module tree with --modules DIR, or use --channel serial)"
+        } else {
+            ""
+        };
+        fail("channel", format!("cannot open {spec}: {e}{hint}"))
+    })?;
     let out = channel.insert(out);
     let agent_version = env!("CARGO_PKG_VERSION").to_string();
     out.send(&GuestMessage::Hello {

@@ -296,6 +296,11 @@ pub struct VmArgs {
     /// same way. Served by virtiofsd on the QEMU backend.
     #[arg(long, value_name = "initramfs|host|DIR", default_value = "initramfs")]
     root: String,
+    /// For a kernel given by path: its module tree (a `lib/modules/RELEASE` directory, as
+    /// `make modules_install` writes it). Default: `/lib/modules/RELEASE` where this machine
+    /// has it.
+    #[arg(long = "modules", value_name = "DIR")]
+    modules_dir: Option<PathBuf>,
 }
 
 impl VmArgs {
@@ -365,6 +370,7 @@ const SHARED_ROOT_MODULES: &[&str] = &["virtiofs", "overlay"];
 #[derive(Debug, Clone, Default)]
 pub struct LabSetup {
     channel: ChannelArg,
+    host_modules: Option<PathBuf>,
     guest_packages: Vec<String>,
     modules: Vec<String>,
     nested: bool,
@@ -380,6 +386,7 @@ impl From<&VmArgs> for LabSetup {
         Self {
             channel: vm.channel,
             guest_packages: vm.guest_package.clone(),
+            host_modules: vm.modules_dir.clone(),
             modules,
             nested: vm.nested,
         }
@@ -404,6 +411,7 @@ pub fn open_lab(setup: impl Into<LabSetup>) -> anyhow::Result<Lab> {
     let mut lab = Lab::new(cache, qemu_backend(setup.channel)?, GUEST_INIT);
     lab.set_guest_packages(setup.guest_packages);
     lab.set_boot_modules(setup.modules);
+    lab.set_host_modules(setup.host_modules);
     lab.set_nested(setup.nested);
     // The lab's own VMM (this program as `lab __vmm`): used where KVM boots the kernel in it.
     lab.set_vmm(Box::new(vmm_backend()?));

@@ -575,3 +575,62 @@ fn bad_file_arguments_are_usage_errors_before_anything_boots() {
         );
     }
 }
+
+/// A kernel given by path gets its modules from the tree `--modules` names (a
+/// `lib/modules/RELEASE` directory): its vsock modules at boot, others on demand; without one,
+/// the failure to open the agent channel says what to do.
+#[test]
+fn a_kernel_file_finds_its_modules_or_says_what_to_give() {
+    if !can_boot() || !installed("debian-6.1") {
+        return;
+    }
+    let out = std::process::Command::new(LAB)
+        .args(["kernel", "list", "--json"])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains(r#""name":"debian-6.1""#))
+        .unwrap()
+        .to_string();
+    let id = serde_json::from_str::<serde_json::Value>(&line).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let entry = lab_kernel::cache::Cache::from_env()
+        .unwrap()
+        .dir("kernels")
+        .unwrap()
+        .join(id);
+    let image = entry.join("vmlinuz").display().to_string();
+    let tree = entry.join("modules/tree").display().to_string();
+    let s = Scratch::new();
+    let out = s.run(&[
+        "boot",
+        "-k",
+        &image,
+        "--modules",
+        &tree,
+        "--",
+        "sh",
+        "-c",
+        "modprobe overlay && grep -c '^overlay ' /proc/modules",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "1");
+
+    // Without --modules (and without the release's /lib/modules on this host).
+    if Path::new("/lib/modules")
+        .join(release_of("debian-6.1"))
+        .exists()
+    {
+        return;
+    }
+    let out = s.run(&["boot", "--boot-attempts", "1", "-k", &image, "--", "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--modules DIR") && err.contains("--channel serial"),
+        "{err}"
+    );
+}

@@ -59,6 +59,9 @@ pub struct Lab {
     modules: GuestModules,
     /// Host files every guest carries, and their layer once built.
     carry: Option<(Carry, Option<PathBuf>)>,
+    /// The module tree for kernels given by path (`--modules DIR`); else their release's
+    /// `/lib/modules` where the host has it.
+    host_modules: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -101,6 +104,7 @@ impl Lab {
             packages_layer: None,
             modules: GuestModules::default(),
             carry: None,
+            host_modules: None,
         }
     }
 
@@ -200,6 +204,11 @@ impl Lab {
         Ok(u)
     }
 
+    /// The module tree kernels given by path use (`--modules DIR`).
+    pub fn set_host_modules(&mut self, dir: Option<PathBuf>) {
+        self.host_modules = dir;
+    }
+
     /// Resolves the kernel and builds its base image with `extras`.
     pub fn prepare(
         &mut self,
@@ -207,8 +216,14 @@ impl Lab {
         extras: &[ExtraFile],
         progress: Progress<'_>,
     ) -> Result<Prepared, LabError> {
-        let kernel = self.kernel(kernel_arg, progress)?;
+        let mut kernel = self.kernel(kernel_arg, progress)?;
         catalog::ensure_module_tree(&self.cache, &kernel, progress)?;
+        catalog::attach_host_modules(
+            &self.cache,
+            &mut kernel,
+            self.host_modules.as_deref(),
+            progress,
+        )?;
         let userland = self.userland(progress)?;
         let base_image = guest::base_image(
             &self.cache,

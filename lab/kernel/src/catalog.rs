@@ -60,6 +60,17 @@ pub enum CatalogError {
         #[source]
         source: debian::DebianError,
     },
+    /// The module tree given for a kernel file could not be used.
+    #[error("cannot use the modules in {} for kernel {release}", dir.display())]
+    HostModules {
+        /// The module tree.
+        dir: PathBuf,
+        /// The kernel's release.
+        release: String,
+        /// Why not.
+        #[source]
+        source: crate::modules::ModulesError,
+    },
     /// Building a kernel failed.
     #[error("failed to build {name}")]
     Build {
@@ -138,6 +149,9 @@ pub struct Kernel {
     pub dir: PathBuf,
     /// The record.
     pub info: KernelInfo,
+    /// For a kernel file: the host's module tree of its release, read in place, and the cache
+    /// directory holding its index (see [`attach_host_modules`]).
+    pub host_modules: Option<(PathBuf, PathBuf)>,
 }
 
 /// The file name of an entry's record.
@@ -158,6 +172,7 @@ impl Kernel {
         Ok(Self {
             dir: dir.to_path_buf(),
             info,
+            host_modules: None,
         })
     }
 
@@ -183,6 +198,14 @@ impl Kernel {
     /// installed by this lab; kernels built without loadable modules and kernel files given by
     /// path have none).
     pub fn module_source(&self) -> Option<ModuleSource> {
+        if let Some((tree, cached)) = &self.host_modules {
+            let index = ModuleIndex::load(&cached.join(MODULE_INDEX))?;
+            return Some(ModuleSource::new(
+                tree.clone(),
+                cached.join(MODULE_PLAIN),
+                index,
+            ));
+        }
         let dir = self.dir.join("modules");
         let tree = dir.join(MODULE_TREE);
         if !tree.is_dir() {
@@ -368,6 +391,75 @@ pub fn obtain(
     }
 }
 
+/// Gives a kernel file the host's modules of its release: `dir` when given (`--modules DIR`,
+/// a `lib/modules/RELEASE` tree), else `/lib/modules/RELEASE` where this machine has it (a
+/// kernel installed here, or a build's `make modules_install`). The tree is read in place; its
+/// index is built once into the cache, keyed by the kernel file's id and the tree. Nothing
+/// happens for other kernels or where no tree is found (the guest then loads no modules).
+pub fn attach_host_modules(
+    cache: &Cache,
+    kernel: &mut Kernel,
+    dir: Option<&Path>,
+    progress: Progress<'_>,
+) -> Result<(), CatalogError> {
+    if !matches!(kernel.info.origin, Origin::File { .. }) {
+        return Ok(());
+    }
+    let release = kernel.info.release.clone();
+    let tree = match dir {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let d = Path::new("/lib/modules").join(&release);
+            if release == "unknown" || !d.join("modules.dep").is_file() {
+                return Ok(());
+            }
+            d
+        }
+    };
+    let tree = fs::canonicalize(&tree).unwrap_or(tree);
+    let mut h = Sha256::new();
+    h.update(kernel.info.id.as_bytes());
+    h.update(tree.as_os_str().as_encoded_bytes());
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let cached = cache.dir("host-modules")?.join(key);
+    let index_path = cached.join(MODULE_INDEX);
+    if ModuleIndex::load(&index_path).is_none() {
+        let failed = |source| CatalogError::HostModules {
+            dir: tree.clone(),
+            release: release.clone(),
+            source,
+        };
+        progress(&format!("indexing the modules in {}", tree.display()));
+        let builtin = fs::read_to_string(tree.join("modules.builtin")).unwrap_or_default();
+        let index = ModuleIndex::build(&tree, &release, &builtin).map_err(failed)?;
+        fs::create_dir_all(&cached)
+            .and_then(|()| index.save(&index_path))
+            .map_err(|source| {
+                failed(crate::modules::ModulesError::Walk {
+                    path: cached.clone(),
+                    source,
+                })
+            })?;
+    }
+    // The agent's channel needs vsock: the modules of it the tree has load at boot, as a
+    // Debian kernel's recorded ones do.
+    if let Some(index) = ModuleIndex::load(&index_path) {
+        let present: Vec<&str> = debian::WANTED_MODULES
+            .iter()
+            .copied()
+            .filter(|m| index.get(m).is_some())
+            .collect();
+        kernel.info.modules = index.load_order(&present).unwrap_or_default();
+    }
+    kernel.host_modules = Some((tree, cached));
+    Ok(())
+}
+
 /// A kernel image given by path: checked, not copied; it carries no modules.
 pub fn from_file(path: &Path) -> Result<Kernel, CatalogError> {
     if !path.is_file() {
@@ -407,6 +499,7 @@ pub fn from_file(path: &Path) -> Result<Kernel, CatalogError> {
     let short: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
     Ok(Kernel {
         dir,
+        host_modules: None,
         info: KernelInfo {
             id: format!("file-{file_name}-{short}"),
             name: abs.display().to_string(),
