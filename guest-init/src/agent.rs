@@ -51,9 +51,16 @@ impl Put {
         if self.written + data.len() as u64 > self.size {
             return Err(format!("{}: more data than announced", self.path.display()));
         }
-        self.file
-            .write_all(data)
-            .map_err(|e| format!("{}: write failed: {e}", self.path.display()))?;
+        self.file.write_all(data).map_err(|e| {
+            // The guest's files live in its RAM: a full tmpfs means too little memory.
+            let hint = if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::ENOMEM)) {
+                " (files put in the guest live in its RAM: raise --memory, or run with --root \
+                 host so that a suite the host has is not copied)"
+            } else {
+                ""
+            };
+            format!("{}: write failed: {e}{hint}", self.path.display())
+        })?;
         self.written += data.len() as u64;
         self.hash.update(data);
         Ok(())

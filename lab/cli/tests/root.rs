@@ -221,3 +221,63 @@ fn an_installed_suite_gives_kyuas_verdicts_case_by_case() {
         differ.join("\n")
     );
 }
+
+/// A suite larger than the guest's RAM (600 MB of data beside a 512 MiB VM) runs from the host
+/// root: nothing of it is copied into the guest.
+#[test]
+fn a_suite_larger_than_guest_ram_runs_from_the_host_root() {
+    if !can_boot() || !installed("debian-6.1") || !can_share_root() {
+        return;
+    }
+    let suite = tempfile::Builder::new()
+        .prefix("lab-big-suite-")
+        .tempdir_in(std::env::temp_dir())
+        .unwrap();
+    let dir = suite.path();
+    std::fs::write(
+        dir.join("Kyuafile"),
+        "syntax(2)\ntest_suite('big')\nplain_test_program{name='big.sh'}\n",
+    )
+    .unwrap();
+    // A sparse 600 MB file whose last bytes say where they are.
+    let data = std::fs::File::create(dir.join("data.bin")).unwrap();
+    data.set_len(600 << 20).unwrap();
+    drop(data);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("data.bin"))
+            .unwrap();
+        f.seek(SeekFrom::End(-4)).unwrap();
+        f.write_all(b"end\n").unwrap();
+    }
+    let script = format!(
+        "#!/bin/sh\nd={}\n[ \"$(wc -c < $d/data.bin)\" -eq {} ] && [ \"$(tail -c 4 $d/data.bin)\" = end ]\n",
+        dir.display(),
+        600u64 << 20
+    );
+    std::fs::write(dir.join("big.sh"), script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("big.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let s = Scratch::new();
+    let out = s.run(&[
+        "test",
+        "--root",
+        "host",
+        "--memory",
+        "512",
+        &dir.display().to_string(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let got = verdicts(&stdout(&out));
+    assert_eq!(
+        got[&("debian-6.1".to_string(), "big.sh:main".to_string())].0,
+        "passed",
+        "{got:?}"
+    );
+}
