@@ -304,6 +304,11 @@ pub struct VmArgs {
 }
 
 impl VmArgs {
+    /// The host paths `--carry` brings into the guest.
+    pub fn carried(&self) -> &[PathBuf] {
+        &self.carry
+    }
+
     /// The host directory the guest's root shows, if not the initramfs.
     pub fn shared_root(&self) -> Option<PathBuf> {
         match self.root.as_str() {

@@ -189,6 +189,40 @@ impl ConfigArgs {
     }
 }
 
+/// Says which programs would load, in lab's own userland, another library than the one they
+/// were built against (or none): those that load libraries from outside the system's library
+/// directories that the suite tree and `--carry` do not bring. At most a few lines.
+fn warn_foreign_libraries(ui: &Ui, programs: &[TestProgram], carried: &[PathBuf]) {
+    const SHOWN: usize = 5;
+    let mut found = 0;
+    for p in programs {
+        let missing: Vec<PathBuf> = lab_engine::carry::foreign_libraries(&p.host_path())
+            .into_iter()
+            .filter(|lib| !lib.starts_with(&p.root) && !carried.iter().any(|c| lib.starts_with(c)))
+            .collect();
+        let Some(lib) = missing.first() else {
+            continue;
+        };
+        found += 1;
+        if found <= SHOWN {
+            ui.warn(&format!(
+                "{} loads {} on this host, which lab's guest userland does not have (it \
+                 would load another library of that name, or none): run with --root host, \
+                 or --carry {}",
+                p.path,
+                lib.display(),
+                lib.parent().unwrap_or(Path::new("/")).display()
+            ));
+        }
+    }
+    if found > SHOWN {
+        ui.warn(&format!(
+            "{} more programs load libraries the guest does not have",
+            found - SHOWN
+        ));
+    }
+}
+
 /// `vm`, with nested virtualization turned on when a program runs KVM itself
 /// (`required_kvm`): its guests, and so every VM of the run, boot able to.
 fn vm_for(vm: &VmArgs, programs: &[TestProgram]) -> VmArgs {
@@ -359,6 +393,9 @@ pub fn test(ui: &Ui, cancel: &Cancel, args: TestArgs) -> anyhow::Result<u8> {
         }
     }
     let vm = vm_for(&args.vm, &programs);
+    if vm.shared_root().is_none() {
+        warn_foreign_libraries(ui, &programs, vm.carried());
+    }
     let mut lab = open_test_lab(&vm)?;
     crate::setup_carry(ui, &mut lab, &vm, &args.kernel)?;
     let unbuilt = build_programs(&lab, &mut programs)?;

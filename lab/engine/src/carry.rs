@@ -205,6 +205,35 @@ impl Carry {
     }
 }
 
+/// The directories a guest's own userland (Debian's packages in the initramfs) has libraries
+/// in.
+const SYSTEM_LIBRARY_DIRS: &[&str] = &[
+    "/lib",
+    "/lib64",
+    "/usr/lib",
+    "/usr/lib64",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+];
+
+/// The libraries `program` loads on this host from outside the system's library directories
+/// (a prefix's `lib/`, through its RUNPATH or RPATH), which a guest with lab's own userland
+/// does not have: there the program would load another library of the same name, or none.
+/// Empty for programs that are not ELF or load nothing from elsewhere.
+pub fn foreign_libraries(program: &Path) -> Vec<PathBuf> {
+    if !is_elf(program) {
+        return Vec::new();
+    }
+    libraries(program)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|lib| {
+            let dir = lib.parent().unwrap_or(Path::new("/"));
+            !SYSTEM_LIBRARY_DIRS.iter().any(|d| dir == Path::new(d))
+        })
+        .collect()
+}
+
 /// The base image's links into /usr, which a carry never replaces.
 const MERGED_LINKS: &[&str] = &["/bin", "/sbin", "/lib", "/lib64"];
 
