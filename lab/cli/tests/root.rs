@@ -220,6 +220,20 @@ fn an_installed_suite_gives_kyuas_verdicts_case_by_case() {
         "lab differs from kyua:\n{}",
         differ.join("\n")
     );
+    // In lab's own userland the program would not load the library it was built against:
+    // lab says so before anything boots.
+    let out = s.run(&[
+        "test",
+        &tree.display().to_string(),
+        "lib/greet_test:hello",
+        "--format",
+        "none",
+    ]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("lib/greet_test loads ") && err.contains("libgreet.so.1 on this host"),
+        "{err}"
+    );
 }
 
 /// A suite larger than the guest's RAM (600 MB of data beside a 512 MiB VM) runs from the host
