@@ -126,14 +126,19 @@ fn jail_of(job: &Job) -> io::Result<Option<&Isolation>> {
     Ok((iso.namespaces != 0).then_some(iso))
 }
 
-/// The exec's environment: [`BASE_ENV`] with the job's entries on top, in order.
+/// The exec's environment: [`BASE_ENV`] with the job's entries on top, in order (`KEY=VALUE`
+/// sets, a bare `KEY` removes).
 fn environment(job: &Job) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = BASE_ENV
         .iter()
         .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
         .collect();
     for entry in &job.env {
-        let (k, v) = entry.split_once('=').unwrap_or((entry, ""));
+        let Some((k, v)) = entry.split_once('=') else {
+            // A bare name removes the variable.
+            env.retain(|(key, _)| key != entry);
+            continue;
+        };
         match env.iter_mut().find(|(key, _)| key == k) {
             Some(slot) => slot.1 = v.to_string(),
             None => env.push((k.to_string(), v.to_string())),
@@ -517,14 +522,22 @@ mod tests {
     #[test]
     fn the_jobs_environment_overrides_the_base_in_place() {
         let job = Job {
-            env: vec!["HOME=/tmp".into(), "EMPTY".into(), "NEW=a=b".into()],
+            env: vec![
+                "HOME=/tmp".into(),
+                "EMPTY=".into(),
+                "NEW=a=b".into(),
+                "LANG".into(),
+                "NEVER_SET".into(),
+            ],
             ..Job::new(["true"])
         };
         let env = environment(&job);
-        assert_eq!(env.len(), BASE_ENV.len() + 2);
+        // Two added, LANG removed (a bare name), NEVER_SET nothing to remove.
+        assert_eq!(env.len(), BASE_ENV.len() + 1);
         assert_eq!(env[1], ("HOME".to_string(), "/tmp".to_string()));
         assert!(env.contains(&("EMPTY".to_string(), String::new())));
         assert!(env.contains(&("NEW".to_string(), "a=b".to_string())));
+        assert!(!env.iter().any(|(k, _)| k == "LANG" || k == "NEVER_SET"));
     }
 
     #[test]

@@ -813,14 +813,26 @@ fn isolation(guest_program: &str, case: &TestCase) -> Option<lab_proto::Isolatio
 /// the locale cleared (guest-init's base environment has none).
 fn base_env(interface: Interface, workdir: &str) -> Vec<String> {
     // Kyua's prepare_environment: HOME and TMPDIR the work directory, TZ=UTC, and LANG and the
-    // LC_* variables unset. The guest's base environment has LANG=C.UTF-8; LANG=C gives the
-    // locale an unset LANG gives.
+    // LC_* variables unset (a bare name removes a variable from the guest's base environment,
+    // which has LANG=C.UTF-8).
     let mut env = vec![
         format!("HOME={workdir}"),
         format!("TMPDIR={workdir}"),
         "TZ=UTC".to_string(),
-        "LANG=C".to_string(),
     ];
+    env.extend(
+        [
+            "LANG",
+            "LC_ALL",
+            "LC_COLLATE",
+            "LC_CTYPE",
+            "LC_MESSAGES",
+            "LC_MONETARY",
+            "LC_NUMERIC",
+            "LC_TIME",
+        ]
+        .map(String::from),
+    );
     if interface == Interface::Atf {
         env.push("__RUNNING_INSIDE_ATF_RUN=internal-yes-value".to_string());
     }

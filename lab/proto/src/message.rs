@@ -11,7 +11,8 @@ pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
 pub struct Job {
     /// The program and its arguments; `argv[0]` is looked up in `PATH`.
     pub argv: Vec<String>,
-    /// Extra environment, `KEY=VALUE`, on top of guest-init's base environment.
+    /// Extra environment on top of guest-init's base environment, in order: `KEY=VALUE` sets
+    /// a variable, a bare `KEY` (no `=`) removes it.
     pub env: Vec<String>,
     /// The working directory (empty: `/`).
     pub cwd: String,
