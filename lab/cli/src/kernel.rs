@@ -90,9 +90,13 @@ pub fn run(ui: &Ui, cmd: KernelCommand) -> anyhow::Result<u8> {
         KernelCommand::List { json } => {
             let installed = catalog::installed(&cache)?;
             if json {
+                let mut text = String::new();
                 for k in &installed {
-                    println!("{}", serde_json::to_string(&k.info)?);
+                    text.push_str(&serde_json::to_string(&k.info)?);
+                    text.push('\n');
                 }
+                // A reader that stops early (`| grep -q`) is no error.
+                crate::ui::print_stdout(&text)?;
                 return Ok(0);
             }
             println!(

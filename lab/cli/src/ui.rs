@@ -154,3 +154,14 @@ pub fn exit_code_of(err: &anyhow::Error) -> u8 {
     }
     exit::VM_FAILED
 }
+
+/// Writes `text` to stdout; a reader that went away (EPIPE: `lab … | grep -q x`) ends the
+/// output quietly instead of panicking as `println!` does.
+pub fn print_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
