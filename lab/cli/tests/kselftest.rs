@@ -88,7 +88,7 @@ fn the_bundled_kselftest_tree_gets_the_kernel_runners_verdicts() {
     assert_eq!(got["basic/fail_point.sh"].1, "exit=1");
 }
 
-/// Real kselftests (kcmp, size, timens, proc) built from linux-source-6.1 by
+/// Real kselftests (kcmp, size, timens, and a few of proc) built from linux-source-6.1 by
 /// scripts/build-kselftests: lab's verdict for each program equals what the kernel's own
 /// run_kselftest.sh prints for it, run in a guest of the same kernel that sees the host's
 /// root (where the tree, bash and coreutils' timeout are).
@@ -111,7 +111,8 @@ fn real_kselftests_get_the_verdicts_of_the_kernels_own_runner() {
     // The kernel's runner, in the guest.
     let s = Scratch::new();
     let script = format!(
-        "cd {tree} && ./run_kselftest.sh -c kcmp -c size -c timens -c proc 2>&1 | \
+        "cd {tree} && ./run_kselftest.sh -c kcmp -c size -c timens -t proc:self \
+         -t proc:thread-self -t proc:proc-uptime-001 -t proc:fd-001-lookup 2>&1 | \
          grep -E '^(not )?ok [0-9]+ selftests: '"
     );
     let out = s.run(&[
@@ -140,7 +141,7 @@ fn real_kselftests_get_the_verdicts_of_the_kernels_own_runner() {
         };
         runner.insert(format!("{collection}/{}", program.trim()), verdict);
     }
-    assert!(runner.len() >= 20, "the runner ran too little: {runner:?}");
+    assert!(runner.len() >= 12, "the runner ran too little: {runner:?}");
 
     // lab, on the same programs.
     let filters: Vec<String> = runner.keys().cloned().collect();
