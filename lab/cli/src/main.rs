@@ -521,8 +521,14 @@ fn install_signals(cancel: Cancel) {
             for _ in signals.forever() {
                 seen += 1;
                 if seen == 1 {
-                    eprintln!("lab: interrupted; stopping VMs (again to kill at once)");
+                    // Cancel first: with stderr closed, eprintln! would panic this thread and
+                    // the run would never stop.
                     cancel.cancel();
+                    use std::io::Write;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "lab: interrupted; stopping VMs (again to kill at once)"
+                    );
                 } else {
                     std::process::exit(i32::from(exit::INTERRUPTED));
                 }

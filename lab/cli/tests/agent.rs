@@ -21,8 +21,20 @@ fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
 
+/// Both tests count this process's fds and threads, which the other one's VM changes: under
+/// plain `cargo test` (one process, tests on threads) they take turns; nextest runs each in a
+/// process of its own anyway.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ALONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn a_hundred_exec_round_trips_leave_fds_and_threads_where_they_were() {
+    let _alone = alone();
     let Some(mut lab) = vsock_lab() else {
         return;
     };
@@ -74,6 +86,7 @@ fn a_hundred_exec_round_trips_leave_fds_and_threads_where_they_were() {
 
 #[test]
 fn booting_and_shutting_down_vms_leaves_fds_and_threads_where_they_were() {
+    let _alone = alone();
     let Some(mut lab) = vsock_lab() else {
         return;
     };
