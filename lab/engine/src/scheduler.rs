@@ -174,6 +174,7 @@ pub fn run(
                     cancel,
                     tx,
                     vm: None,
+                    avoid: Vec::new(),
                 }
                 .work()
             });
@@ -246,6 +247,8 @@ struct KernelWork {
     pending: Vec<usize>,
     /// Set once the kernel's VM could not boot: its units are broken without running.
     failed: Option<String>,
+    /// VMs of this kernel up in slots now.
+    live: usize,
 }
 
 #[derive(Debug)]
@@ -292,6 +295,7 @@ impl<'a> Shared<'a> {
                 exclusive: VecDeque::new(),
                 pending: vec![0; plan.programs.len()],
                 failed: None,
+                live: 0,
             };
             for (i, p) in plan.programs.iter().enumerate() {
                 if !ctx.selected_program(p) {
@@ -401,7 +405,12 @@ fn queue_of(k: &mut KernelWork, exclusive: bool) -> &mut VecDeque<Unit> {
 
 /// The next unit for a slot holding a VM of kernel `own`: its own kernel's first, otherwise
 /// the kernel with the most work waiting.
-fn pick(kernels: &mut [KernelWork], own: Option<usize>, exclusive: bool) -> Option<(usize, Unit)> {
+fn pick(
+    kernels: &mut [KernelWork],
+    own: Option<usize>,
+    exclusive: bool,
+    avoid: &[usize],
+) -> Option<(usize, Unit)> {
     if let Some(k) = own {
         if let Some(u) = queue_of(&mut kernels[k], exclusive).pop_front() {
             return Some((k, u));
@@ -415,7 +424,7 @@ fn pick(kernels: &mut [KernelWork], own: Option<usize>, exclusive: bool) -> Opti
         }
     };
     let k = (0..kernels.len())
-        .filter(|&k| len(&kernels[k]) > 0)
+        .filter(|&k| len(&kernels[k]) > 0 && !avoid.contains(&k))
         .max_by_key(|&k| (len(&kernels[k]), std::cmp::Reverse(k)))?;
     queue_of(&mut kernels[k], exclusive)
         .pop_front()
@@ -469,6 +478,9 @@ struct Worker<'s, 'a> {
     tx: mpsc::Sender<RunEvent>,
     /// The VM this slot holds: its kernel's index and the guest.
     vm: Option<(usize, Box<dyn Guest>)>,
+    /// Kernels this slot leaves to the others: a boot of one failed here while a VM of it was
+    /// up in another slot (a boot's failure, not the kernel's).
+    avoid: Vec<usize>,
 }
 
 impl Worker<'_, '_> {
@@ -480,9 +492,17 @@ impl Worker<'_, '_> {
             drop(g);
             self.shared.wake.notify_all();
         }
-        if let Some((_, vm)) = self.vm.take() {
-            vm.shutdown();
+        if let Some((k, vm)) = self.vm.take() {
+            self.release(k, vm);
         }
+    }
+
+    /// Shuts down this slot's VM of kernel `k`.
+    fn release(&self, k: usize, vm: Box<dyn Guest>) {
+        vm.shutdown();
+        let mut g = self.shared.lock();
+        let kw = &mut g.state.kernels[k];
+        kw.live = kw.live.saturating_sub(1);
     }
 
     /// The next unit for this slot, waiting while listings in progress may still add work.
@@ -501,11 +521,14 @@ impl Worker<'_, '_> {
             let own = self.vm.as_ref().map(|(k, _)| *k);
             match phase {
                 Phase::Parallel => {
-                    if let Some(found) = pick(&mut g.state.kernels, own, false) {
+                    if let Some(found) = pick(&mut g.state.kernels, own, false, &self.avoid) {
                         g.state.running += 1;
                         return Some(found);
                     }
-                    if g.state.running == 0 {
+                    // Units this slot leaves to others (a kernel it avoids) keep the parallel
+                    // phase going until a slot with a VM of their kernel has run them.
+                    let waiting = g.state.kernels.iter().any(|k| !k.queue.is_empty());
+                    if g.state.running == 0 && !waiting {
                         g.state.phase = Phase::Exclusive;
                         self.shared.wake.notify_all();
                         continue;
@@ -516,7 +539,7 @@ impl Worker<'_, '_> {
                     if self.slot != 0 {
                         return None;
                     }
-                    if let Some(found) = pick(&mut g.state.kernels, own, true) {
+                    if let Some(found) = pick(&mut g.state.kernels, own, true, &[]) {
                         g.state.running += 1;
                         return Some(found);
                     }
@@ -585,21 +608,27 @@ impl Worker<'_, '_> {
             .is_some_and(|c| c.metadata.execenv == Execenv::Vm);
         if fresh {
             // A fresh VM of its own: this slot's VM is put away first.
-            if let Some((_, vm)) = self.vm.take() {
-                vm.shutdown();
+            if let Some((vk, vm)) = self.vm.take() {
+                self.release(vk, vm);
             }
         } else if self.vm.as_ref().is_some_and(|(vk, _)| *vk != k) {
-            if let Some((_, vm)) = self.vm.take() {
-                vm.shutdown();
+            if let Some((vk, vm)) = self.vm.take() {
+                self.release(vk, vm);
             }
         }
         if self.vm.is_none() {
             match self.boot(&kernel) {
-                Ok(vm) => self.vm = Some((k, vm)),
+                Ok(vm) => {
+                    self.shared.lock().state.kernels[k].live += 1;
+                    self.vm = Some((k, vm));
+                }
                 // Units that never started get no result on interrupt; their programs still
                 // get ProgramFinished at the end of the run.
                 Err(VmError::Cancelled) => return,
                 Err(e) => {
+                    if self.leave_to_others(k, &unit) {
+                        return;
+                    }
                     let reason = format!("VM boot failed: {e}");
                     self.fail_kernel(k, &reason);
                     self.finish_unrun(
@@ -701,7 +730,7 @@ impl Worker<'_, '_> {
             }
         };
         if lost.is_some() {
-            guest.shutdown();
+            self.release(vk, guest);
         } else {
             self.vm = Some((vk, guest));
         }
@@ -762,6 +791,21 @@ impl Worker<'_, '_> {
                 true,
             ),
         }
+    }
+
+    /// After a failed boot of kernel `k` for `unit`: where a VM of `k` is up in another slot
+    /// (and the run is in its parallel phase), the failure is this boot's, not the kernel's
+    /// (a loaded host, a stalled emulation): the unit goes back to the front of the queue for
+    /// that slot and this slot leaves `k` to it. Returns whether it did.
+    fn leave_to_others(&mut self, k: usize, unit: &Unit) -> bool {
+        let mut g = self.shared.lock();
+        if g.state.phase != Phase::Parallel || g.state.kernels[k].live == 0 {
+            return false;
+        }
+        g.state.kernels[k].queue.push_front(unit.clone());
+        drop(g);
+        self.avoid.push(k);
+        true
     }
 
     /// Marks kernel `k` unbootable and breaks its queued units.

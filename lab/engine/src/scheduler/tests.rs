@@ -126,12 +126,35 @@ impl Guest for FakeGuest {
 struct FakeLauncher {
     boots: AtomicUsize,
     broken_kernel: Option<&'static str>,
+    /// A slot whose boots fail, once another slot's VM is up.
+    broken_slot: Option<usize>,
+    booted: AtomicUsize,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Launcher for FakeLauncher {
-    fn launch(&self, kernel: &str, _slot: usize) -> Result<Box<dyn Guest>, VmError> {
+    fn launch(&self, kernel: &str, slot: usize) -> Result<Box<dyn Guest>, VmError> {
         self.boots.fetch_add(1, Ordering::SeqCst);
+        if Some(slot) == self.broken_slot {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while self.booted.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            return Err(VmError::Failed {
+                reason: "agent did not come up".into(),
+                cause: Cause::VmBoot,
+                console_tail: vec![],
+            });
+        }
+        if self.broken_slot.is_some() {
+            // The other slots boot once the broken one is booting too, so that it fails
+            // while their VM is up.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while self.boots.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
         if Some(kernel) == self.broken_kernel {
             return Err(VmError::Failed {
                 reason: "kernel panic at boot".into(),
@@ -139,6 +162,7 @@ impl Launcher for FakeLauncher {
                 console_tail: vec!["VFS: Unable to mount root fs".into()],
             });
         }
+        self.booted.fetch_add(1, Ordering::SeqCst);
         Ok(Box::new(FakeGuest {
             kernel: kernel.to_string(),
             files: HashMap::new(),
@@ -336,6 +360,38 @@ fn an_unbootable_kernel_breaks_its_cases_and_the_others_run() {
         "{bad:?}"
     );
     assert_eq!(r["bad atf_a:__test_cases_list__"].0, ResultType::Broken);
+}
+
+#[test]
+fn a_boot_that_fails_beside_a_running_vm_of_its_kernel_loses_no_case() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names: Vec<(String, Interface)> = (0..8)
+        .map(|i| (format!("plain_{i}"), Interface::Plain))
+        .collect();
+    let refs: Vec<(&str, Interface)> = names.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+    let plan = Plan {
+        kernels: vec!["k".into()],
+        programs: suite(dir.path(), &refs),
+        filters: vec![],
+        unbuilt: vec![],
+    };
+    let launcher = FakeLauncher {
+        broken_slot: Some(1),
+        ..Default::default()
+    };
+    let (_, events) = run_plan(&plan, 2, &launcher);
+    check_order(&events, 8, 1);
+    let r = results(&events);
+    // Slot 1's boot failed while slot 0's VM of the kernel was up: the kernel is fine, its
+    // unit went back to slot 0, and every case ran there (none is broken).
+    assert_eq!(r.len(), 8, "{r:?}");
+    assert!(
+        r.values().all(|(kind, _)| *kind != ResultType::Broken),
+        "{r:?}"
+    );
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, RunEvent::VmFailed { slot: 1, .. })));
 }
 
 #[test]
