@@ -341,6 +341,9 @@ pub fn cpu_model(accel: Accel) -> &'static str {
     }
 }
 
+/// The size of TCG's translation cache per VM, in MiB (`-accel tcg,tb-size=`).
+pub const TCG_TB_SIZE_MIB: u32 = 256;
+
 /// The vsock port guest-init connects to on the host.
 pub const AGENT_PORT: u32 = 1024;
 
@@ -382,7 +385,12 @@ pub fn args(spec: &VmSpec, channel: &Channel) -> Vec<OsString> {
         },
     );
     push(&mut a, "-accel");
-    push(&mut a, spec.accel.name());
+    match spec.accel {
+        // TCG's translation cache: QEMU's default for system emulation is 1 GiB, which a busy
+        // guest fills (per VM, on top of its RAM); 256 MiB holds what a test VM runs.
+        Accel::Tcg => push(&mut a, &format!("tcg,tb-size={TCG_TB_SIZE_MIB}")),
+        Accel::Kvm => push(&mut a, spec.accel.name()),
+    }
     push(&mut a, "-cpu");
     push(&mut a, cpu_model(spec.accel));
     push(&mut a, "-smp");
@@ -560,7 +568,7 @@ mod tests {
         };
         let a = joined(&args(&spec(Accel::Tcg), &channel));
         for want in [
-            "-M microvm,acpi=on,rtc=on -accel tcg -cpu max",
+            "-M microvm,acpi=on,rtc=on -accel tcg,tb-size=256 -cpu max",
             "-smp 2 -m 512M",
             "-no-reboot",
             "-serial chardev:console",
