@@ -14,6 +14,8 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
+
+use lab_proto::glob::glob_match;
 use std::path::Path;
 use std::time::Duration;
 
@@ -487,90 +489,6 @@ fn remove(module: &str, req: &Request) -> Result<(), String> {
     })
 }
 
-/// fnmatch(3) without flags, as kmod matches `modules.alias` patterns: `*`, `?`, and bracket
-/// expressions (`[abc]`, `[a-z]`, `[!x]`).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() {
-            match p[pi] {
-                '*' => {
-                    star = Some((pi, ti));
-                    pi += 1;
-                    continue;
-                }
-                '?' => {
-                    pi += 1;
-                    ti += 1;
-                    continue;
-                }
-                '[' => match bracket(&p, pi, t[ti]) {
-                    Some((true, next)) => {
-                        pi = next;
-                        ti += 1;
-                        continue;
-                    }
-                    Some((false, _)) => {}
-                    None if t[ti] == '[' => {
-                        pi += 1;
-                        ti += 1;
-                        continue;
-                    }
-                    None => {}
-                },
-                c if c == t[ti] => {
-                    pi += 1;
-                    ti += 1;
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        match star {
-            Some((sp, st)) => {
-                pi = sp + 1;
-                ti = st + 1;
-                star = Some((sp, st + 1));
-            }
-            None => return false,
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
-/// Matches `c` against the bracket expression at `p[start]`: whether it matched and the index
-/// after the closing `]`; `None` if the bracket never closes.
-fn bracket(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
-    let mut i = start + 1;
-    let negate = matches!(p.get(i), Some('!') | Some('^'));
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    while i < p.len() {
-        if p[i] == ']' && !first {
-            return Some((matched != negate, i + 1));
-        }
-        first = false;
-        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
-            if p[i] <= c && c <= p[i + 2] {
-                matched = true;
-            }
-            i += 3;
-        } else {
-            if p[i] == c {
-                matched = true;
-            }
-            i += 1;
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -639,24 +557,5 @@ mod tests {
         assert!(args(&[]).is_err());
         assert!(args(&["-Z", "x"]).is_err());
         assert!(args(&["--bogus", "x"]).is_err());
-    }
-
-    #[test]
-    fn globs_match_like_fnmatch() {
-        for (pattern, text, want) in [
-            ("rtnl-link-veth", "rtnl-link-veth", true),
-            (
-                "pci:v00008086d*sv*sd*bc*sc*i*",
-                "pci:v00008086d00001234sv0sd0bc02sc00i00",
-                true,
-            ),
-            ("fs-?p", "fs-9p", true),
-            ("a[!0-9]b", "a5b", false),
-            ("a[0-9]b", "a5b", true),
-            ("*x*y", "axbxcy", true),
-            ("a*", "", false),
-        ] {
-            assert_eq!(glob_match(pattern, text), want, "{pattern} vs {text}");
-        }
     }
 }

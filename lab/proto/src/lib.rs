@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod frame;
+pub mod glob;
 pub mod marker;
 pub mod message;
 pub mod wire;
