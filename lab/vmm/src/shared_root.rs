@@ -124,7 +124,34 @@ pub fn make_view(source: &Path, view: &Path) -> Result<(), SharedRootError> {
             view.display()
         ))(io::Error::last_os_error()));
     }
-    Ok(())
+    private_run()
+}
+
+/// A tmpfs of this namespace's own on /run: QEMU's virtiofsd writes its pid file under
+/// /run/virtiofsd, which only the host's root may write; the view keeps the host's /run.
+fn private_run() -> Result<(), SharedRootError> {
+    let (src, dst, fstype, data) = (
+        CString::new("tmpfs").map_err(|e| step("tmpfs")(io::Error::other(e)))?,
+        CString::new("/run").map_err(|e| step("/run")(io::Error::other(e)))?,
+        CString::new("tmpfs").map_err(|e| step("tmpfs")(io::Error::other(e)))?,
+        CString::new("mode=0755").map_err(|e| step("tmpfs")(io::Error::other(e)))?,
+    );
+    // SAFETY: mount with valid C strings; a tmpfs in this process's own mount namespace.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(step("cannot mount a private /run")(
+            io::Error::last_os_error(),
+        ));
+    }
+    std::fs::create_dir_all("/run/virtiofsd").map_err(step("/run/virtiofsd"))
 }
 
 fn current_uid() -> u32 {
