@@ -85,9 +85,9 @@ impl Selection {
         for s in suites {
             // An installed kselftest tree (kselftest-list.txt, no Kyuafile) is a suite too.
             let suite = if kselftest::is_tree(&s) && !s.join(kyuafile::KYUAFILE).exists() {
-                kselftest::load(&s).map_err(|e| BadInput(e.to_string()))?
+                kselftest::load(&s).map_err(|e| BadInput(error_text(&e)))?
             } else {
-                kyuafile::load(&s).map_err(|e| BadInput(e.to_string()))?
+                kyuafile::load(&s).map_err(|e| BadInput(error_text(&e)))?
             };
             programs.extend(suite.programs);
         }
@@ -170,7 +170,7 @@ impl ConfigArgs {
             None => UserConfig::default_file(),
         };
         let mut config = match &file {
-            Some(f) => UserConfig::load(f).map_err(|e| BadInput(e.to_string()))?,
+            Some(f) => UserConfig::load(f).map_err(|e| BadInput(error_text(&e)))?,
             None => UserConfig::default(),
         };
         for v in &self.variables {

@@ -222,23 +222,19 @@ fn parallelism(value: &str) -> Result<usize, String> {
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    use std::io::Read;
-    let read = |source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(read)?;
-    let mut source = Vec::new();
-    file.take(MAX_FILE + 1)
-        .read_to_end(&mut source)
-        .map_err(read)?;
-    if source.len() as u64 > MAX_FILE {
-        return Err(ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: format!("larger than {MAX_FILE} bytes"),
-        });
-    }
-    Ok(source)
+    crate::suite::read_limited(path, MAX_FILE).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::InvalidData {
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: source.to_string(),
+            }
+        } else {
+            ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
 }
 
 /// Evaluates a configuration file into `config`; the error is a one-line message.

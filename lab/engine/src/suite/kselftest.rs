@@ -155,14 +155,10 @@ fn collection_timeout(root: &Path, collection: &str) -> Result<Duration, Kselfte
 }
 
 fn read_bounded(path: &Path) -> Result<String, KselftestError> {
-    use std::io::Read;
-    let read = |source| KselftestError::Read {
+    let bytes = super::read_limited(path, MAX_FILE).map_err(|source| KselftestError::Read {
         path: path.to_path_buf(),
         source,
-    };
-    let file = std::fs::File::open(path).map_err(read)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE).read_to_end(&mut bytes).map_err(read)?;
+    })?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 

@@ -54,6 +54,9 @@ use lab_model::{BpfOptions, BpfState, Interface, Metadata, TailCallSlot, TestPro
 use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value, VmState};
 
+/// The largest Kyuafile read.
+const MAX_KYUAFILE: u64 = 4 << 20;
+
 /// The file name `load` looks for in a directory.
 pub const KYUAFILE: &str = "Kyuafile";
 
@@ -313,16 +316,17 @@ impl Evaluator {
     ) -> Result<(), KyuafileError> {
         let display = self.display(&rel);
         let path = PathBuf::from(&display);
-        let source = std::fs::read(self.root.join(&rel)).map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound {
-                KyuafileError::NotFound { path: path.clone() }
-            } else {
-                KyuafileError::Read {
-                    path: path.clone(),
-                    source,
+        let source =
+            super::read_limited(&self.root.join(&rel), MAX_KYUAFILE).map_err(|source| {
+                if source.kind() == io::ErrorKind::NotFound {
+                    KyuafileError::NotFound { path: path.clone() }
+                } else {
+                    KyuafileError::Read {
+                        path: path.clone(),
+                        source,
+                    }
                 }
-            }
-        })?;
+            })?;
         let file = Rc::new(File {
             rel,
             display: display.clone(),
