@@ -370,11 +370,30 @@ impl VmArgs {
 /// The modules a guest mounts its shared root with (built in where the kernel has them so).
 const SHARED_ROOT_MODULES: &[&str] = &["virtiofs", "overlay"];
 
+/// A shared root must be a directory, and virtiofsd there to serve it: said before anything
+/// boots (bad input, exit 2), not once per VM.
+fn check_shared_root(root: &std::path::Path) -> anyhow::Result<()> {
+    if !root.is_dir() {
+        return Err(ui::BadInput(format!("--root {}: no such directory", root.display())).into());
+    }
+    if lab_vmm::shared_root::find_virtiofsd().is_none() {
+        return Err(ui::BadInput(
+            "--root needs virtiofsd (Debian 12: qemu-system-common's /usr/lib/qemu/virtiofsd; \
+             later: apt-get install virtiofsd; or set LAB_VIRTIOFSD)"
+                .into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// What a lab is opened with: the agents' channel, the guests' extra packages and modules, and
 /// whether they run KVM themselves.
 #[derive(Debug, Clone, Default)]
 pub struct LabSetup {
     channel: ChannelArg,
+    /// The guests' shared root, if any (checked before anything boots).
+    root: Option<PathBuf>,
     host_modules: Option<PathBuf>,
     guest_packages: Vec<String>,
     modules: Vec<String>,
@@ -392,6 +411,7 @@ impl From<&VmArgs> for LabSetup {
             channel: vm.channel,
             guest_packages: vm.guest_package.clone(),
             host_modules: vm.modules_dir.clone(),
+            root: vm.shared_root(),
             modules,
             nested: vm.nested,
         }
@@ -412,6 +432,9 @@ impl From<ChannelArg> for LabSetup {
 /// its packages (pass `&VmArgs` for both).
 pub fn open_lab(setup: impl Into<LabSetup>) -> anyhow::Result<Lab> {
     let setup = setup.into();
+    if let Some(root) = &setup.root {
+        check_shared_root(root)?;
+    }
     let cache = Cache::from_env()?;
     let mut lab = Lab::new(cache, qemu_backend(setup.channel)?, GUEST_INIT);
     lab.set_guest_packages(setup.guest_packages);

@@ -38,6 +38,26 @@ pub struct SharedRootServer {
     pub args: Vec<OsString>,
 }
 
+/// A VM's helper processes while it is being started: killed and reaped if a later step fails,
+/// handed over to the running VM otherwise.
+#[derive(Default)]
+struct Helpers(Vec<Child>);
+
+impl Helpers {
+    fn take(mut self) -> Vec<Child> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for Helpers {
+    fn drop(&mut self) {
+        for h in &mut self.0 {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+    }
+}
+
 /// The virtio-fs tag of a guest's shared root.
 pub const ROOT_TAG: &str = "labroot";
 
@@ -476,9 +496,10 @@ impl Backend for QemuBackend {
         let stderr_text = Arc::new(Mutex::new(String::new()));
         let mut threads = Vec::new();
         let tag = spec.name.clone();
-        let mut helpers = Vec::new();
+        // Helpers started so far die if a later step fails.
+        let mut helpers = Helpers::default();
         if let Some(root) = &spec.root {
-            helpers.push(self.start_shared_root(root, spec)?);
+            helpers.0.push(self.start_shared_root(root, spec)?);
         }
 
         // The agent's listener exists before anything starts: QEMU's UART (serial) or the
@@ -511,7 +532,7 @@ impl Backend for QemuBackend {
         };
         let listener = match helper {
             Some((h, l)) => {
-                helpers.push(h);
+                helpers.0.push(h);
                 l
             }
             None => UnixListener::bind(&agent_socket).map_err(BackendError::Spawn)?,
@@ -526,7 +547,7 @@ impl Backend for QemuBackend {
                 console_log,
                 listener,
                 agent_socket,
-                helpers,
+                helpers: helpers.take(),
                 stderr: stderr_text,
                 threads,
             },

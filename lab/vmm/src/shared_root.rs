@@ -175,8 +175,9 @@ fn map_ids(uid: u32, gid: u32) -> Result<(), SharedRootError> {
 /// Where virtiofsd is looked for: `$LAB_VIRTIOFSD`, Debian's Rust virtiofsd (the `virtiofsd`
 /// package), QEMU's own (Debian 12's qemu-system-common), then `PATH`.
 pub fn find_virtiofsd() -> Option<std::path::PathBuf> {
-    if let Some(p) = std::env::var_os("LAB_VIRTIOFSD") {
-        return Some(p.into());
+    if let Some(p) = std::env::var_os("LAB_VIRTIOFSD").filter(|p| !p.is_empty()) {
+        let p = std::path::PathBuf::from(p);
+        return p.is_file().then_some(p);
     }
     let known = ["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"]
         .into_iter()
