@@ -139,6 +139,18 @@ fn the_kyua_suites_pass_in_the_host_root_without_being_copied() {
 }
 
 #[test]
+fn a_shared_root_that_is_not_a_directory_is_bad_input() {
+    let s = Scratch::new();
+    let out = s.run(&["boot", "--root", "/nonexistent/lab-root", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--root /nonexistent/lab-root: no such directory"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn the_lab_vmm_refuses_a_shared_root_by_name() {
     if !installed("debian-6.1") {
         return;

@@ -428,34 +428,36 @@ pub fn attach_host_modules(
         .collect();
     let cached = cache.dir("host-modules")?.join(key);
     let index_path = cached.join(MODULE_INDEX);
-    if ModuleIndex::load(&index_path).is_none() {
-        let failed = |source| CatalogError::HostModules {
-            dir: tree.clone(),
-            release: release.clone(),
-            source,
-        };
-        progress(&format!("indexing the modules in {}", tree.display()));
-        let builtin = fs::read_to_string(tree.join("modules.builtin")).unwrap_or_default();
-        let index = ModuleIndex::build(&tree, &release, &builtin).map_err(failed)?;
-        fs::create_dir_all(&cached)
-            .and_then(|()| index.save(&index_path))
-            .map_err(|source| {
-                failed(crate::modules::ModulesError::Walk {
-                    path: cached.clone(),
-                    source,
-                })
-            })?;
-    }
+    let index = match ModuleIndex::load(&index_path) {
+        Some(index) => index,
+        None => {
+            let failed = |source| CatalogError::HostModules {
+                dir: tree.clone(),
+                release: release.clone(),
+                source,
+            };
+            progress(&format!("indexing the modules in {}", tree.display()));
+            let builtin = fs::read_to_string(tree.join("modules.builtin")).unwrap_or_default();
+            let index = ModuleIndex::build(&tree, &release, &builtin).map_err(failed)?;
+            fs::create_dir_all(&cached)
+                .and_then(|()| index.save(&index_path))
+                .map_err(|source| {
+                    failed(crate::modules::ModulesError::Walk {
+                        path: cached.clone(),
+                        source,
+                    })
+                })?;
+            index
+        }
+    };
     // The agent's channel needs vsock: the modules of it the tree has load at boot, as a
     // Debian kernel's recorded ones do.
-    if let Some(index) = ModuleIndex::load(&index_path) {
-        let present: Vec<&str> = debian::WANTED_MODULES
-            .iter()
-            .copied()
-            .filter(|m| index.get(m).is_some())
-            .collect();
-        kernel.info.modules = index.load_order(&present).unwrap_or_default();
-    }
+    let present: Vec<&str> = debian::WANTED_MODULES
+        .iter()
+        .copied()
+        .filter(|m| index.get(m).is_some())
+        .collect();
+    kernel.info.modules = index.load_order(&present).unwrap_or_default();
     kernel.host_modules = Some((tree, cached));
     Ok(())
 }
